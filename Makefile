@@ -1,0 +1,96 @@
+# chanfleet: every command a user types. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+# Debian packages the tests and the local topology run for real.
+APT_PACKAGES := redis-server redis-sentinel nginx-light prometheus prometheus-nginx-exporter \
+	prometheus-redis-exporter chromium fonts-noto-color-emoji
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): requirements-dev.lock
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.lock
+	touch $(STAMP)
+
+.PHONY: venv
+venv: $(STAMP) ## Create .venv with the pinned dependencies
+
+.PHONY: system-deps
+system-deps: ## Install redis-server, redis-sentinel, nginx and prometheus with apt when missing (root)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    (apt-get install -y -qq $$missing >/dev/null 2>&1 || \
+	     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null)); \
+	  else echo "please run: sudo apt-get install$$missing"; exit 1; fi; \
+	fi
+
+.PHONY: lint
+lint: venv ## ruff
+	$(PY) -m ruff check .
+
+.PHONY: test
+test: venv system-deps ## Lint and run every test but the whole-topology ones (SQLite, or PostgreSQL with DATABASE_URL)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -m "not topology" $(PYTEST_ARGS)
+
+.PHONY: test-integration
+test-integration: venv system-deps ## The whole-topology tests: drills, browser, live Prometheus, load smoke
+	$(PY) -m pytest -q -m topology $(PYTEST_ARGS)
+
+.PHONY: test-sqlite
+test-sqlite: venv system-deps ## The app's own tests on SQLite (what CI runs after make test on PostgreSQL)
+	DATABASE_URL= $(PY) -m pytest -q app
+
+.PHONY: chart
+chart: venv ## Sync the chart's copied files and render the chart to build/chart for review
+	$(PY) -m deploy.helm.render --out build/chart
+
+# Load: a short soak by default; USERS=, ROOMS=, DURATION= (plateau seconds) for long runs.
+USERS ?= 100
+ROOMS ?= 10
+DURATION ?= 90
+
+.PHONY: soak
+soak: venv ## A short Locust soak against make run's topology (USERS=100 ROOMS=10 DURATION=90)
+	$(PY) -m loadtest.run soak --users $(USERS) --rooms $(ROOMS) --duration $(DURATION)
+
+.PHONY: rehearse-failover
+rehearse-failover: venv ## Kill the Redis master mid-soak; prints dropped sockets, loss, reconnect and RTT figures
+	$(PY) -m loadtest.run failover
+
+.PHONY: rehearse-rollout
+rehearse-rollout: venv ## Drain and replace each WebSocket process mid-soak (the rolling deploy, locally)
+	$(PY) -m loadtest.run rollout
+
+.PHONY: dev
+dev: venv ## One daphne process, in-memory layer, SQLite: a quick look at http://127.0.0.1:8000/
+	mkdir -p var
+	DEBUG=1 $(PY) manage.py migrate --noinput
+	DEBUG=1 $(PY) manage.py seed_demo
+	DEBUG=1 $(VENV)/bin/daphne -b 127.0.0.1 -p 8000 app.asgi:application
+
+.PHONY: run
+run: venv system-deps ## Start the whole topology (Redis+Sentinel, 2 daphne, 2 gunicorn, nginx) on :8000
+	$(PY) -m deploy.local up
+
+.PHONY: stop
+stop: ## Stop the topology started by make run
+	@test -x $(PY) && $(PY) -m deploy.local down || true
+
+.PHONY: status
+status: ## Show the processes of the topology
+	@$(PY) -m deploy.local status
+
+.PHONY: clean
+clean: stop ## Stop and remove all local state (var/)
+	rm -rf var build

@@ -1,0 +1,82 @@
+"""Who is where, across every process: presence entries in Redis that expire unless refreshed.
+
+A connection keeps three entries alive (refreshed by the process heartbeat):
+``user:<id>`` -> channel, ``room:<room id>`` -> "<user id>:<channel>" and
+``rooms:<user id>`` -> "<room name>|<channel>". A process that dies without running
+`disconnect` stops refreshing them, so its users drop out after PRESENCE_TTL seconds.
+"""
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+
+from app.realtime.store import get_store
+
+from .models import UserStatus
+
+
+def entries(user_id: int, room, channel: str) -> list[tuple[str, str]]:
+    """The (scope, member) entries of one chat connection."""
+    return [
+        (f"user:{user_id}", channel),
+        (f"room:{room.id}", f"{user_id}:{channel}"),
+        (f"rooms:{user_id}", f"{room.name}|{channel}"),
+    ]
+
+
+async def join(user_id: int, room, channel: str) -> bool:
+    """Record a new chat connection; return whether it is the user's first in the room."""
+    first = user_id not in await room_user_ids(room.id)
+    await get_store().presence_touch_many(entries(user_id, room, channel), settings.PRESENCE_TTL)
+    return first
+
+
+async def leave(user_id: int, room, channel: str) -> bool:
+    """Remove a closed connection; return whether the user is still in the room elsewhere."""
+    store = get_store()
+    for scope, member in entries(user_id, room, channel):
+        await store.presence_remove(scope, member)
+    return user_id in await room_user_ids(room.id)
+
+
+async def room_user_ids(room_id: int) -> set[int]:
+    """Users with at least one live connection to the room."""
+    members = await get_store().presence_members(f"room:{room_id}")
+    return {int(m.split(":", 1)[0]) for m in members}
+
+
+async def is_online(user_id: int) -> bool:
+    """Whether the user has a live connection on any process."""
+    return bool(await get_store().presence_members(f"user:{user_id}"))
+
+
+async def rooms_of(user_id: int) -> set[str]:
+    """Names of the rooms the user is connected to."""
+    members = await get_store().presence_members(f"rooms:{user_id}")
+    return {m.split("|", 1)[0] for m in members}
+
+
+async def status_of(user_id: int) -> str:
+    """The status a user chose ("online" unless they picked another)."""
+    status = await UserStatus.objects.filter(user_id=user_id).values_list(
+        "status", flat=True).afirst()
+    return status or "online"
+
+
+async def describe_users(user_ids) -> list[dict]:
+    """Name and status of each user, for the `user_list` frame."""
+    ids = sorted(user_ids)
+    if not ids:
+        return []
+    names = {
+        u.pk: u.get_username()
+        async for u in get_user_model().objects.filter(pk__in=ids).only("id", "username")
+    }
+    statuses = {
+        s.user_id: s.status
+        async for s in UserStatus.objects.filter(user_id__in=ids).only("user_id", "status")
+    }
+    return [
+        {"user_id": uid, "user": names.get(uid, ""), "status": statuses.get(uid, "online")}
+        for uid in ids
+        if uid in names
+    ]

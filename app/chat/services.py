@@ -1,0 +1,253 @@
+"""Database work behind the chat protocol: every change and its numbered room event.
+
+These are plain synchronous functions, called from consumers through
+`database_sync_to_async` (which also keeps Django's connection hygiene) and from HTTP views.
+Each change and its RoomEvent commit in one transaction, before anything is broadcast.
+"""
+
+import re
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from app.realtime.errors import ProtocolError
+
+from .models import ChatRoom, Message, MessageReaction, RoomBan, RoomEvent, UserStatus
+
+ROOM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+EMOJI_MAX = 32
+
+
+def valid_room_name(name: str) -> bool:
+    """Room names are 1-100 letters, digits, '_', '-' or '.', not starting with punctuation."""
+    return bool(ROOM_NAME.match(name))
+
+
+def group_name(room_name: str) -> str:
+    """The channel-layer group of a room (group names allow the same characters)."""
+    return f"chat.{room_name}"
+
+
+def find_room(name: str, user, create: bool) -> ChatRoom | None:
+    """Return the room, creating a public one when allowed (the reference clients expect it)."""
+    room = ChatRoom.objects.filter(name=name).first()
+    if room is None and create:
+        room, _ = ChatRoom.objects.get_or_create(
+            name=name, defaults={"display_name": name, "created_by": user}
+        )
+    return room
+
+
+def access_problem(room: ChatRoom, user) -> str | None:
+    """Why a user may not join a room ("banned", "private"), or None."""
+    ban = RoomBan.objects.filter(room=room, user=user).first()
+    if ban is not None and ban.is_active():
+        return "banned"
+    if room.is_private and not user.is_staff:
+        if not room.members.filter(pk=user.pk).exists():
+            return "private"
+    return None
+
+
+def user_name(user) -> str:
+    """The display name used in frames."""
+    return user.get_username()
+
+
+def _next_seq(room_id: int) -> int:
+    # The UPDATE takes the room row's lock until commit, so sequence numbers of one room
+    # commit in order and a rolled-back change gives its number back: no gaps, ever.
+    ChatRoom.objects.filter(pk=room_id).update(last_seq=F("last_seq") + 1)
+    return ChatRoom.objects.filter(pk=room_id).values_list("last_seq", flat=True).get()
+
+
+def _record(room_id: int, kind: str, message: Message, payload: dict) -> dict:
+    seq = _next_seq(room_id)
+    payload = {**payload, "seq": seq}
+    RoomEvent.objects.create(room_id=room_id, seq=seq, kind=kind, message=message, payload=payload)
+    return payload
+
+
+def message_frame(message: Message, username: str) -> dict:
+    """The `message` frame of a message in its current state (both content field names)."""
+    content = "" if message.is_deleted else message.content
+    return {
+        "type": "message",
+        "message_id": message.id,
+        "message": content,
+        "content": content,
+        "user": username,
+        "user_id": message.user_id,
+        "timestamp": message.created_at.isoformat(),
+        "reply_to": message.reply_to_id,
+        "is_edited": message.is_edited,
+        "is_deleted": message.is_deleted,
+    }
+
+
+def post_message(room: ChatRoom, user, content: str, reply_to, client_id) -> dict:
+    """Store a message and its event; return the frame to broadcast."""
+    with transaction.atomic():
+        reply = None
+        if reply_to is not None:
+            reply = Message.objects.filter(pk=reply_to, room=room).first()
+            if reply is None:
+                raise ProtocolError("not_found", "reply_to is not a message of this room")
+        message = Message.objects.create(room=room, user=user, content=content, reply_to=reply)
+        frame = message_frame(message, user_name(user))
+        frame["room"] = room.name
+        frame["client_id"] = client_id
+        return _record(room.id, RoomEvent.Kind.MESSAGE, message, frame)
+
+
+def _own_message(room: ChatRoom, user, message_id) -> Message:
+    message = Message.objects.select_for_update().filter(pk=message_id, room=room).first()
+    if message is None:
+        raise ProtocolError("not_found", "no such message in this room")
+    if message.user_id != user.pk:
+        raise ProtocolError("forbidden", "only the author may change this message")
+    if message.is_deleted:
+        raise ProtocolError("not_found", "this message was deleted")
+    return message
+
+
+def edit_message(room: ChatRoom, user, message_id, content: str, client_id) -> dict:
+    """Change the text of one's own message; return the `message_edited` frame."""
+    with transaction.atomic():
+        message = _own_message(room, user, message_id)
+        message.content = content
+        message.is_edited = True
+        message.save(update_fields=["content", "is_edited", "updated_at"])
+        frame = {
+            "type": "message_edited",
+            "room": room.name,
+            "message_id": message.id,
+            "content": content,
+            "message": content,
+            "user": user_name(user),
+            "user_id": user.pk,
+            "edited_at": message.updated_at.isoformat(),
+            "client_id": client_id,
+        }
+        return _record(room.id, RoomEvent.Kind.EDIT, message, frame)
+
+
+def delete_message(room: ChatRoom, user, message_id, client_id) -> dict:
+    """Turn one's own message into a tombstone; return the `message_deleted` frame."""
+    with transaction.atomic():
+        message = _own_message(room, user, message_id)
+        message.is_deleted = True
+        message.content = ""
+        message.save(update_fields=["content", "is_deleted", "updated_at"])
+        frame = {
+            "type": "message_deleted",
+            "room": room.name,
+            "message_id": message.id,
+            "user": user_name(user),
+            "user_id": user.pk,
+            "deleted_at": message.updated_at.isoformat(),
+            "client_id": client_id,
+        }
+        return _record(room.id, RoomEvent.Kind.DELETE, message, frame)
+
+
+def react(room: ChatRoom, user, message_id, emoji: str, action: str, client_id) -> dict | None:
+    """Add or remove a reaction; return the `reaction` frame, or None if nothing changed."""
+    with transaction.atomic():
+        message = Message.objects.filter(pk=message_id, room=room, is_deleted=False).first()
+        if message is None:
+            raise ProtocolError("not_found", "no such message in this room")
+        if action == "add":
+            _, changed = MessageReaction.objects.get_or_create(
+                message=message, user=user, emoji=emoji
+            )
+        else:
+            changed, _ = MessageReaction.objects.filter(
+                message=message, user=user, emoji=emoji
+            ).delete()
+        if not changed:
+            return None
+        frame = {
+            "type": "reaction",
+            "room": room.name,
+            "message_id": message.id,
+            "emoji": emoji,
+            "action": action,
+            "user": user_name(user),
+            "user_id": user.pk,
+            "client_id": client_id,
+        }
+        return _record(room.id, RoomEvent.Kind.REACTION, message, frame)
+
+
+def latest_seq(room_id: int) -> int:
+    """The sequence number of the room's newest event."""
+    return ChatRoom.objects.filter(pk=room_id).values_list("last_seq", flat=True).get()
+
+
+def events_between(room_id: int, after: int, upto: int | None = None, limit: int = 1000):
+    """Stored frames of events with after < seq <= upto, oldest first."""
+    query = RoomEvent.objects.filter(room_id=room_id, seq__gt=after)
+    if upto is not None:
+        query = query.filter(seq__lte=upto)
+    return list(query.order_by("seq").values_list("payload", flat=True)[:limit])
+
+
+def seq_of_message(room_id: int, message_id: int) -> int | None:
+    """The sequence number of a message's creation event (for `last_id` resumes)."""
+    return (
+        RoomEvent.objects.filter(room_id=room_id, message_id=message_id, kind="message")
+        .values_list("seq", flat=True)
+        .first()
+    )
+
+
+def _state_frames(room: ChatRoom, events) -> list[dict]:
+    """`message` frames in current state for creation events, with seq and reactions."""
+    ids = [event.message_id for event in events]
+    reactions: dict[int, dict[str, list[str]]] = {}
+    for message_id, emoji, username in (
+        MessageReaction.objects.filter(message_id__in=ids)
+        .order_by("id")
+        .values_list("message_id", "emoji", "user__username")
+    ):
+        reactions.setdefault(message_id, {}).setdefault(emoji, []).append(username)
+    frames = []
+    for event in events:
+        frame = message_frame(event.message, user_name(event.message.user))
+        frame["room"] = room.name
+        frame["seq"] = event.seq
+        frame["reactions"] = reactions.get(event.message_id, {})
+        frames.append(frame)
+    return frames
+
+
+def _creations(room: ChatRoom):
+    return RoomEvent.objects.filter(room=room, kind=RoomEvent.Kind.MESSAGE).select_related(
+        "message__user"
+    )
+
+
+def recent_history(room: ChatRoom, upto_seq: int, size: int | None = None) -> list[dict]:
+    """The newest messages created at or before upto_seq, oldest first, in current state."""
+    size = size or settings.CHAT_HISTORY_SIZE
+    events = list(_creations(room).filter(seq__lte=upto_seq).order_by("-seq")[:size])
+    frames = _state_frames(room, list(reversed(events)))
+    for frame in frames:
+        frame["history"] = True
+    return frames
+
+
+def history_page(room: ChatRoom, before: int | None, limit: int) -> list[dict]:
+    """A page of messages older than `before` (a message id), newest first, for the HTTP API."""
+    events = _creations(room).order_by("-message_id")
+    if before is not None:
+        events = events.filter(message_id__lt=before)
+    return _state_frames(room, list(events[:limit]))
+
+
+def touch_last_seen(user) -> None:
+    """Record when a user was last connected."""
+    UserStatus.objects.update_or_create(user=user, defaults={"last_seen": timezone.now()})

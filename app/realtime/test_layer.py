@@ -1,0 +1,110 @@
+"""The resilient channel layer against real Redis and a real Sentinel failover."""
+
+import asyncio
+import time
+
+import pytest
+
+from app.realtime import metrics
+from app.realtime.layer import LayerUnavailable, ResilientRedisChannelLayer
+
+
+def make_layer(host, **options) -> ResilientRedisChannelLayer:
+    """A layer like production's, on the given host dict."""
+    defaults = {"prefix": "t", "capacity": 100, "expiry": 30, "group_expiry": 60,
+                "retry_seconds": 10}
+    return ResilientRedisChannelLayer(hosts=[host], **{**defaults, **options})
+
+
+def sentinel_host(topology) -> dict:
+    """channels_redis's Sentinel host dict, with the pool settings of app/settings.py."""
+    return {**topology.channel_layer_host(), "socket_timeout": 10, "socket_connect_timeout": 1}
+
+
+async def test_receive_and_group_send_ride_through_a_failover(sentinel_topology):
+    """Killing the master neither kills the receive loop nor loses the group send."""
+    layer = make_layer(sentinel_host(sentinel_topology))
+    channel = await layer.new_channel()
+    await layer.group_add("room", channel)
+    receiving = asyncio.ensure_future(layer.receive(channel))
+    await layer.group_send("room", {"type": "before"})
+    assert (await asyncio.wait_for(receiving, 5))["type"] == "before"
+
+    failovers = metrics.LAYER_FAILOVERS._value.get()
+    receiving = asyncio.ensure_future(layer.receive(channel))
+    old = sentinel_topology.kill_master()
+    started = time.monotonic()
+    await layer.group_send("room", {"type": "during"})  # retried until the new master answers
+    recovered = time.monotonic() - started
+    assert (await asyncio.wait_for(receiving, 10))["type"] == "during"
+    assert sentinel_topology.master_address() != old
+    assert metrics.LAYER_FAILOVERS._value.get() == failovers + 1
+    assert layer.is_available
+    print(f"group_send worked again {recovered:.2f}s after kill -9 of the master")
+    assert recovered < 8
+    await layer.stop_readers()
+
+
+async def test_memberships_are_re_added_on_the_new_master(sentinel_topology):
+    """A membership the promoted replica never got (an unreplicated write) comes back."""
+    layer = make_layer(sentinel_host(sentinel_topology))
+    channel = await layer.new_channel()
+    receiving = asyncio.ensure_future(layer.receive(channel))  # starts reader and watcher
+    await layer.group_add("room", channel)
+    # Make the replica miss that write, as if the master died before replicating it.
+    master = sentinel_topology.master_address()
+    replica = next(a for a in sentinel_topology.data_nodes if a != master)
+    with sentinel_topology.node_client(replica) as client:
+        client.config_set("replica-read-only", "no")
+        client.delete(layer._group_key("room"))
+    old = sentinel_topology.kill_master()
+    await sentinel_topology_wait(sentinel_topology, old)
+    await asyncio.sleep(1.5)  # the watcher sees Sentinel name the new master
+    await layer.group_send("room", {"type": "after"})
+    assert (await asyncio.wait_for(receiving, 10))["type"] == "after"
+    assert layer.master_address == sentinel_topology.master_address()
+    await layer.stop_readers()
+
+
+async def sentinel_topology_wait(topology, old) -> None:
+    """Wait for the sentinels to promote a new master, off the event loop."""
+    await asyncio.to_thread(topology.wait_for_failover, old)
+
+
+async def test_group_send_reports_failure_after_the_retry_window():
+    """With no Redis at all, group_send raises LayerUnavailable instead of hanging or dying."""
+    layer = make_layer({"address": "redis://127.0.0.1:1/0", "socket_connect_timeout": 0.2},
+                       retry_seconds=0.5)
+    failures = metrics.GROUP_SEND_FAILURES._value.get()
+    with pytest.raises(LayerUnavailable):
+        await layer.group_send("room", {"type": "lost?"})
+    assert metrics.GROUP_SEND_FAILURES._value.get() == failures + 1
+    assert not layer.is_available
+
+
+async def test_over_capacity_drops_are_counted(redis_url):
+    """Messages dropped by the capacity check are exported, not only logged."""
+    layer = make_layer({"address": redis_url}, capacity=2)
+    channel = await layer.new_channel()
+    await layer.group_add("room", channel)
+    dropped = metrics.OVER_CAPACITY._value.get()
+    for n in range(4):  # nobody receives, so the process queue fills up
+        await layer.group_send("room", {"type": "m", "n": n})
+    assert metrics.OVER_CAPACITY._value.get() == dropped + 2
+
+
+async def test_heartbeat_refresh_keeps_memberships_past_group_expiry(redis_url):
+    """Refreshed memberships survive a short group_expiry; unrefreshed ones expire."""
+    layer = make_layer({"address": redis_url}, group_expiry=1)
+    alive, dead = await layer.new_channel(), "specific.deadprocess!x"
+    await layer.group_add("room", alive)
+    await layer.group_add("room", dead)
+    await asyncio.sleep(1.2)
+    await layer.refresh_local_groups()
+    await asyncio.sleep(0.9)
+    receiving = asyncio.ensure_future(layer.receive(alive))
+    await layer.group_send("room", {"type": "still here"})
+    assert (await asyncio.wait_for(receiving, 5))["type"] == "still here"
+    members = await layer.connection(0).zrange(layer._group_key("room"), 0, -1)
+    assert [m.decode() for m in members] == [alive]
+    await layer.stop_readers()

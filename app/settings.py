@@ -1,0 +1,250 @@
+"""Settings for chanfleet, read from environment variables only (12-factor).
+
+Every variable, with its default, is listed in `.env.example` and the README.
+"""
+
+import os
+import socket
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    """Read one environment variable, treating an empty value as unset."""
+    value = os.environ.get(name, "")
+    return value if value != "" else default
+
+
+def env_bool(name: str, default: bool) -> bool:
+    """Read a boolean environment variable (1/true/yes/on)."""
+    value = env(name)
+    return default if value is None else value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_list(name: str, default: str = "") -> list[str]:
+    """Read a comma-separated environment variable as a list of non-empty items."""
+    return [item.strip() for item in (env(name, default) or "").split(",") if item.strip()]
+
+
+# ---------------------------------------------------------------------------- core
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = env("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY is required when DEBUG is off")
+    SECRET_KEY = "insecure-development-key-only-for-debug-runs-000000000000000"
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+ROOT_URLCONF = "app.urls"
+ASGI_APPLICATION = "app.asgi.application"
+WSGI_APPLICATION = "app.wsgi.application"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+USE_TZ = True
+TIME_ZONE = "UTC"
+LANGUAGE_CODE = "en-us"
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "app.chat",
+    "app.web",
+]
+MIDDLEWARE = [
+    "app.realtime.middleware.MetricsMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+STATIC_URL = "static/"
+STATIC_ROOT = Path(env("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+
+# ---------------------------------------------------------------------------- database
+# PostgreSQL in production; SQLite in WAL mode as the embedded default.
+if env("DATABASE_URL"):
+    DATABASES = {"default": dj_database_url.parse(env("DATABASE_URL"), conn_max_age=60)}
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": env("SQLITE_PATH", str(BASE_DIR / "var" / "chanfleet.sqlite3")),
+            # WAL lets readers run while a writer commits; IMMEDIATE avoids lock upgrades failing.
+            "OPTIONS": {
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+            },
+        }
+    }
+
+# ---------------------------------------------------------------------------- redis
+# Either a plain URL (REDIS_URL) or Sentinel (REDIS_SENTINELS + REDIS_MASTER_NAME).
+# The channel layer, the cache (sessions, rate limits) and presence all use this one Redis.
+REDIS_URL = env("REDIS_URL")
+REDIS_SENTINELS = [
+    (host, int(port))
+    for host, _, port in (item.rpartition(":") for item in env_list("REDIS_SENTINELS"))
+]
+REDIS_MASTER_NAME = env("REDIS_MASTER_NAME", "chanfleet")
+REDIS_PASSWORD = env("REDIS_PASSWORD")
+REDIS_SENTINEL_PASSWORD = env("REDIS_SENTINEL_PASSWORD", REDIS_PASSWORD)
+REDIS_DB = int(env("REDIS_DB", "0"))
+REDIS_PREFIX = env("REDIS_PREFIX", "chanfleet")
+
+REDIS_POOL = {
+    # redis-py 8's asyncio pool refuses (MaxConnectionsError) past 100 connections; a
+    # connect storm of a few hundred handshakes needs more.
+    "max_connections": int(env("REDIS_MAX_CONNECTIONS", "1000")),
+    # Above channels_redis's 5 s BZPOPMIN, which would otherwise race the read timeout.
+    "socket_timeout": 10,
+    "socket_connect_timeout": 2,
+    "socket_keepalive": True,
+}
+if REDIS_SENTINELS:
+    REDIS_CONNECTION = {
+        "sentinels": REDIS_SENTINELS,
+        "master_name": REDIS_MASTER_NAME,
+        "sentinel_kwargs": {"password": REDIS_SENTINEL_PASSWORD} if REDIS_SENTINEL_PASSWORD else {},
+        "password": REDIS_PASSWORD,
+        "db": REDIS_DB,
+        **REDIS_POOL,
+    }
+elif REDIS_URL:
+    REDIS_CONNECTION = {"address": REDIS_URL, **REDIS_POOL}
+else:
+    REDIS_CONNECTION = None
+
+# ---------------------------------------------------------------------------- channel layer
+# Chosen in docs/channel-layer.md: a short group_expiry is safe because consumers refresh
+# their memberships on every heartbeat, and it makes a dead process's memberships vanish fast.
+CHANNEL_CAPACITY = int(env("CHANNEL_CAPACITY", "1000"))
+CHANNEL_EXPIRY = int(env("CHANNEL_EXPIRY", "30"))
+GROUP_EXPIRY = int(env("GROUP_EXPIRY", "120"))
+if REDIS_CONNECTION:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "app.realtime.layer.ResilientRedisChannelLayer",
+            "CONFIG": {
+                "hosts": [REDIS_CONNECTION],
+                "prefix": f"{REDIS_PREFIX}:asgi",
+                "capacity": CHANNEL_CAPACITY,
+                "expiry": CHANNEL_EXPIRY,
+                "group_expiry": GROUP_EXPIRY,
+                "retry_seconds": float(env("GROUP_SEND_RETRY_SECONDS", "8")),
+            },
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# ---------------------------------------------------------------------------- cache and sessions
+if REDIS_SENTINELS:
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            # One URL only: reads from a replica could return a session not replicated yet.
+            "LOCATION": [f"redis://{REDIS_MASTER_NAME}/{REDIS_DB}?is_master=1"],
+            "KEY_PREFIX": REDIS_PREFIX,
+            "OPTIONS": {
+                "CLIENT_CLASS": "django_redis.client.SentinelClient",
+                "CONNECTION_POOL_CLASS": "redis.sentinel.SentinelConnectionPool",
+                "SENTINELS": REDIS_SENTINELS,
+                "CONNECTION_FACTORY": "django_redis.pool.SentinelConnectionFactory",
+                "SENTINEL_KWARGS": {"password": REDIS_SENTINEL_PASSWORD},
+                "PASSWORD": REDIS_PASSWORD,
+                # A cache outage (a failover) must not fail requests: sessions fall back to
+                # the database (cached_db), and nothing else depends on the cache.
+                "IGNORE_EXCEPTIONS": True,
+            },
+        }
+    }
+elif REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": REDIS_PREFIX,
+            "OPTIONS": {"IGNORE_EXCEPTIONS": True},
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+# Session lookups on every WebSocket handshake hit Redis, not the database.
+SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+
+# ---------------------------------------------------------------------------- security
+# HTTPS=false only for the plain-HTTP loopback topology; production keeps every protection on.
+HTTPS = env_bool("HTTPS", not DEBUG)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+USE_X_FORWARDED_HOST = env_bool("USE_X_FORWARDED_HOST", True)
+SECURE_SSL_REDIRECT = HTTPS
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$", r"^internal/"]
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+SECURE_HSTS_SECONDS = int(env("SECURE_HSTS_SECONDS", "31536000")) if HTTPS else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = HTTPS
+SECURE_HSTS_PRELOAD = HTTPS
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+# ---------------------------------------------------------------------------- realtime
+# Tunables of the WebSocket protocol (docs/protocol.md); rates are "count/seconds".
+WS_HEARTBEAT_INTERVAL = float(env("WS_HEARTBEAT_INTERVAL", "25"))
+WS_INACTIVITY_TIMEOUT = float(env("WS_INACTIVITY_TIMEOUT", "1800"))
+WS_MAX_FRAME_BYTES = int(env("WS_MAX_FRAME_BYTES", "16384"))
+WS_FRAME_RATE = env("WS_FRAME_RATE", "50/10")
+CHAT_MESSAGE_MAX_LENGTH = int(env("CHAT_MESSAGE_MAX_LENGTH", "4000"))
+CHAT_MESSAGE_RATE = env("CHAT_MESSAGE_RATE", "20/10")
+WS_CONNECT_RATE = env("WS_CONNECT_RATE", "60/60")
+CHAT_HISTORY_SIZE = int(env("CHAT_HISTORY_SIZE", "50"))
+CHAT_AUTO_CREATE_ROOMS = env_bool("CHAT_AUTO_CREATE_ROOMS", True)
+CONTENT_FILTER_WORDS = env_list("CONTENT_FILTER_WORDS", "")
+PRESENCE_TTL = float(env("PRESENCE_TTL", "60"))
+DRAIN_WINDOW = float(env("DRAIN_WINDOW", "10"))
+DRAIN_RETRY_MAX_MS = int(env("DRAIN_RETRY_MAX_MS", "3000"))
+CANARY_INTERVAL = float(env("CANARY_INTERVAL", "5"))
+CANARY_FAIL_AFTER = float(env("CANARY_FAIL_AFTER", "20"))
+LIVE_UPDATE_PRIVATE_PREFIXES = env_list("LIVE_UPDATE_PRIVATE_PREFIXES", "staff.")
+SERVICE_TOKEN = env("SERVICE_TOKEN")
+# How this process names itself to clients (`connected.node`) and operators: the pod name.
+NODE_NAME = env("POD_NAME") or f"{socket.gethostname()}:{env('PORT', '')}"
+# Which role this process plays (set by deploy/entrypoint.sh): http, ws, migrate or dev.
+PROCESS_ROLE = env("CHANFLEET_ROLE", "dev")
+
+# ---------------------------------------------------------------------------- logging
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
+}

@@ -1,0 +1,17 @@
+"""The tiny test settings: production settings with test-only secrets and fast hashing."""
+
+import os
+
+os.environ.setdefault("SECRET_KEY", "tests-only-secret-key-not-for-any-deployment-0123456789")
+os.environ.setdefault("HTTPS", "false")
+os.environ.setdefault("ALLOWED_HOSTS", "localhost,127.0.0.1,testserver")
+
+from app.settings import *  # noqa: F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# Heartbeats and presence on a test's time scale; tests that need them lower these further.
+WS_HEARTBEAT_INTERVAL = 3600
+PROCESS_ROLE = "test"  # no canary in unit tests; app/realtime/test_canary.py runs one
+# Tests send bursts; the limit tests lower these again.
+CHAT_MESSAGE_RATE = "1000/10"
+WS_CONNECT_RATE = "1000/60"

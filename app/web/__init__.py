@@ -1,0 +1,1 @@
+"""The web page: chat rooms, presence, notifications and live updates in a browser."""

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The one entry point of every chanfleet process. The Dockerfile, the Helm chart and the local
+# topology (`make run`) all call it with a role, so the three cannot drift apart.
+#
+#   entrypoint.sh http      gunicorn with uvicorn workers: the HTTP API, admin, pages
+#   entrypoint.sh ws        daphne: the WebSocket routes (one process per pod)
+#   entrypoint.sh migrate   apply database migrations, then exit
+#   entrypoint.sh drain     ask the local ws process to drain and wait (Kubernetes preStop)
+#
+# Environment: PORT (default 8000), BIND (default 0.0.0.0), plus the app's settings
+# (.env.example). Extra arguments are passed to the server.
+set -o errexit -o pipefail -o nounset
+
+cd "$(dirname "$0")/.."
+role="${1:-}"
+[ $# -gt 0 ] && shift
+PORT="${PORT:-8000}"
+BIND="${BIND:-0.0.0.0}"
+
+case "$role" in
+  http)
+    export CHANFLEET_ROLE=http
+    # prometheus-client multiprocess mode: each worker writes its samples here and /metrics
+    # sums them; stale files from a previous run would be counted again, so start empty.
+    export PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-/tmp/chanfleet-metrics-$PORT}"
+    rm -rf "$PROMETHEUS_MULTIPROC_DIR"
+    mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+    exec gunicorn app.asgi:application --config deploy/gunicorn.conf.py \
+      --bind "$BIND:$PORT" "$@"
+    ;;
+  ws)
+    export CHANFLEET_ROLE=ws
+    # --ping-interval/--ping-timeout: protocol-level pings find dead TCP peers (a laptop lid
+    # closed) that never send a close frame; the app heartbeat (25 s) is separate.
+    # --application-close-timeout: how long a consumer may run its disconnect cleanup.
+    exec daphne --bind "$BIND" --port "$PORT" --proxy-headers \
+      --ping-interval 20 --ping-timeout 30 \
+      --websocket_connect_timeout 10 \
+      --application-close-timeout 10 \
+      "$@" app.asgi:application
+    ;;
+  migrate)
+    export CHANFLEET_ROLE=migrate
+    exec python manage.py migrate --noinput "$@"
+    ;;
+  drain)
+    # preStop: returns when every client was told to reconnect elsewhere; the process exits.
+    exec python -c "import sys, urllib.request as u; \
+r = u.urlopen(u.Request('http://127.0.0.1:${PORT}/internal/drain?wait=1', method='POST'), \
+timeout=float(sys.argv[1])); print(r.read().decode())" "${DRAIN_TIMEOUT:-60}"
+    ;;
+  *)
+    echo "usage: $0 {http|ws|migrate|drain} [server arguments]" >&2
+    exit 64
+    ;;
+esac

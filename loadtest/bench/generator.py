@@ -1,0 +1,459 @@
+"""The load generator: a few OS processes, each an asyncio loop holding a share of the sockets.
+
+The orchestrator (`Generator`, synchronous) talks to each worker over a pipe, one command at a
+time. Workers use the plain `websockets` asyncio client (which offers permessage-deflate, as
+browsers do). A sender puts `bench|<phase>|<counter>|<send time>` in the message text; every
+receiver finds that marker in the raw frame (no JSON decoding on the hot path) and records the
+broadcast round-trip time (receive time minus send time: all processes read the same clock),
+per phase, plus receive counts in 100 ms buckets for throughput windows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import multiprocessing
+import os
+import random
+import resource
+import time
+from array import array
+from dataclasses import dataclass, field
+
+MARK = "bench|"
+BUCKET = 10  # receive-time buckets per second
+
+
+def raise_nofile() -> int:
+    """Raise this process's open-file limit to the hard limit; return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+@dataclass
+class Spec:
+    """One connection to open: where, with which headers, in which room."""
+
+    cid: int
+    url: str
+    headers: list[tuple[str, str]]
+    room: int
+    sender: bool = False
+    local_host: str | None = None
+    worker: int | None = None  # which generator process holds it (default: cid % workers)
+
+
+@dataclass
+class _Conn:
+    spec: Spec
+    ws: object = None
+    last: int = -1
+    ready: bool = False
+    task: asyncio.Task | None = None
+
+
+@dataclass
+class _Stats:
+    latencies: dict[str, array] = field(default_factory=dict)  # phase -> ms (float32)
+    buckets: collections.Counter = field(default_factory=collections.Counter)
+    duplicates: int = 0
+    other_frames: int = 0
+
+
+class Worker:
+    """The asyncio side: opens, reads, sends on and closes its share of the connections."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        self.conns: dict[int, _Conn] = {}
+        self.stats = _Stats()
+        self.ready_marker: str | None = None
+        self.ready_count = 0
+        self.closing = False
+        self.closed: collections.Counter = collections.Counter()
+        self.counters: collections.Counter = collections.Counter()
+        self.last_bucket = 0
+
+    # ------------------------------------------------------------------ pipe
+    async def serve(self) -> None:
+        """Run commands from the pipe until `exit`."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        loop.add_reader(self.pipe.fileno(), lambda: queue.put_nowait(self.pipe.recv()))
+        while True:
+            command = await queue.get()
+            name = command.pop("cmd")
+            if name == "exit":
+                await self.close_all(5)
+                self.pipe.send({"ok": True})
+                return
+            try:
+                result = await getattr(self, f"cmd_{name}")(**command)
+            except Exception as error:  # reported to the orchestrator, which raises
+                result = {"error": f"{type(error).__name__}: {error}"}
+            self.pipe.send(result)
+
+    # ------------------------------------------------------------------ connecting
+    async def cmd_connect(self, specs: list[Spec], start_at: float, concurrency: int,
+                          timeout: float, retries: int, ready_marker: str | None,
+                          deadline: float) -> dict:
+        """Open connections (bounded concurrency, a few retries); report timings and errors."""
+        import websockets
+
+        self.ready_marker = ready_marker
+        self.closing = False
+        self.closed.clear()
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        semaphore = asyncio.Semaphore(concurrency)
+        errors: collections.Counter = collections.Counter()
+        done_at: list[float] = []
+        attempts = collections.Counter()
+
+        async def open_one(spec: Spec) -> None:
+            for attempt in range(retries + 1):
+                async with semaphore:
+                    attempts["n"] += 1
+                    try:
+                        kwargs = {}
+                        if spec.local_host:
+                            kwargs["local_addr"] = (spec.local_host, 0)
+                        ws = await websockets.connect(
+                            spec.url, additional_headers=spec.headers, open_timeout=timeout,
+                            ping_interval=None, max_size=None, max_queue=None, **kwargs,
+                        )
+                    except Exception as error:
+                        errors[_error_name(error)] += 1
+                        ws = None
+                if ws is not None:
+                    conn = _Conn(spec, ws)
+                    conn.ready = self.ready_marker is None
+                    self.conns[spec.cid] = conn
+                    conn.task = asyncio.create_task(self._read(conn))
+                    done_at.append(time.time())
+                    return
+                await asyncio.sleep(0.2 * (attempt + 1) * random.uniform(0.5, 1.5))
+
+        tasks = [asyncio.create_task(open_one(spec)) for spec in specs]
+        _, pending = await asyncio.wait(tasks, timeout=max(1.0, deadline - time.time()))
+        for task in pending:  # out of time: report what opened so far
+            task.cancel()
+        if pending:
+            errors["gave up (connect deadline)"] += len(pending)
+            await asyncio.wait(pending, timeout=5)
+        return {
+            "opened": len(done_at),
+            "failed": len(specs) - len(done_at),
+            "attempts": attempts["n"],
+            "errors": dict(errors),
+            "last_open": max(done_at) if done_at else None,
+        }
+
+    async def cmd_wait_ready(self, timeout: float) -> dict:
+        """Wait until every open connection got its ready frame (or timeout)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pending = sum(1 for c in self.conns.values() if not c.ready and c.ws is not None
+                          and c.task is not None and not c.task.done())
+            if not pending:
+                break
+            await asyncio.sleep(0.05)
+        ready = sum(1 for c in self.conns.values() if c.ready)
+        return {"ready": ready, "open": self._open_count(), "at": time.time()}
+
+    def _open_count(self) -> int:
+        return sum(1 for c in self.conns.values() if c.task is not None and not c.task.done())
+
+    # ------------------------------------------------------------------ receiving
+    async def _read(self, conn: _Conn) -> None:
+        import websockets
+
+        ws = conn.ws
+        stats = self.stats
+        latencies = stats.latencies
+        buckets = stats.buckets
+        now = time.time
+        marker = self.ready_marker
+        try:
+            async for text in ws:
+                if not isinstance(text, str):
+                    stats.other_frames += 1
+                    continue
+                i = text.find(MARK)
+                if i >= 0:
+                    received = now()
+                    j = text.find('"', i)
+                    _, phase, counter, sent = text[i:j].split("|")
+                    counter = int(counter)
+                    if counter <= conn.last:
+                        stats.duplicates += 1
+                        continue
+                    conn.last = counter
+                    values = latencies.get(phase)
+                    if values is None:
+                        values = latencies[phase] = array("f")
+                    values.append((received - float(sent)) * 1000.0)
+                    buckets[int(received * BUCKET)] += 1
+                elif marker is not None and not conn.ready and marker in text:
+                    conn.ready = True
+                elif '"heartbeat"' in text:
+                    frame = json.loads(text)
+                    await ws.send(json.dumps({"type": "pong", "ts": frame.get("ts")}))
+                else:
+                    stats.other_frames += 1
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            if not self.closing:
+                self.closed[str(ws.close_code)] += 1
+
+    # ------------------------------------------------------------------ sending
+    async def cmd_phase(self, phase: str, rate: float, start_at: float, duration: float) -> dict:
+        """Senders of this worker send `rate` messages/s each from start_at for duration."""
+        senders = [c for c in self.conns.values() if c.spec.sender and c.ws is not None]
+        results = await asyncio.gather(*(self._send(c, phase, rate, start_at, duration)
+                                         for c in senders))
+        return {
+            "sent": sum(r[0] for r in results),
+            "max_lag": max((r[1] for r in results), default=0.0),
+            "senders": len(senders),
+        }
+
+    async def _send(self, conn: _Conn, phase: str, rate: float, start_at: float,
+                    duration: float) -> tuple[int, float]:
+        import websockets
+
+        count = max(1, int(round(rate * duration)))
+        interval = 1.0 / rate
+        # Stagger rooms so that senders do not fire in lockstep.
+        offset = random.uniform(0, interval)
+        sent = 0
+        max_lag = 0.0
+        room = conn.spec.room
+        for k in range(count):
+            target = start_at + offset + k * interval
+            delay = target - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                max_lag = max(max_lag, -delay)
+                if -delay > duration:
+                    break  # the sender itself cannot keep up: stop rather than run on
+            self.counters[room] += 1
+            counter = self.counters[room]
+            text = (f'{{"type":"message","message":"{MARK}{phase}|{counter}|{time.time():.6f}",'
+                    f'"id":{counter}}}')
+            try:
+                await conn.ws.send(text)
+            except websockets.ConnectionClosed:
+                break
+            sent += 1
+        return sent, max_lag
+
+    # ------------------------------------------------------------------ results
+    async def cmd_stats(self, reset: bool = False) -> dict:
+        """Latencies per phase (raw float32 bytes), receive buckets, duplicates, closes."""
+        stats = self.stats
+        result = {
+            "latencies": {k: v.tobytes() for k, v in stats.latencies.items()},
+            "buckets": dict(stats.buckets),
+            "duplicates": stats.duplicates,
+            "other_frames": stats.other_frames,
+            "closed": dict(self.closed),
+            "open": self._open_count(),
+        }
+        if reset:
+            # In place: every reader holds references to these containers.
+            self.last_bucket = max(stats.buckets, default=self.last_bucket)
+            stats.latencies.clear()
+            stats.buckets.clear()
+            stats.duplicates = 0
+            stats.other_frames = 0
+        return result
+
+    async def cmd_last_receive(self) -> dict:
+        """The newest receive bucket (to wait for a backlog to drain)."""
+        return {"last": max(self.stats.buckets, default=self.last_bucket) / BUCKET}
+
+    async def cmd_close(self, timeout: float) -> dict:
+        """Close every connection."""
+        count = len(self.conns)
+        await self.close_all(timeout)
+        return {"closed": count}
+
+    async def close_all(self, timeout: float) -> None:
+        """Close connections concurrently (bounded), then forget them."""
+        self.closing = True
+        conns = list(self.conns.values())
+        self.conns = {}
+        semaphore = asyncio.Semaphore(200)
+
+        async def close_one(conn: _Conn) -> None:
+            async with semaphore:
+                try:
+                    await asyncio.wait_for(conn.ws.close(), 2)
+                except Exception:
+                    pass
+
+        if conns:
+            try:
+                await asyncio.wait_for(asyncio.gather(*(close_one(c) for c in conns)), timeout)
+            except TimeoutError:
+                pass
+            for conn in conns:
+                if conn.task is not None and not conn.task.done():
+                    conn.task.cancel()
+        self.ready_count = 0
+
+
+def _error_name(error: BaseException) -> str:
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if status is not None:
+        return f"HTTP {status}"
+    return type(error).__name__
+
+
+def _worker_main(pipe) -> None:
+    raise_nofile()
+    asyncio.run(Worker(pipe).serve())
+
+
+class Generator:
+    """The orchestrator's handle on the worker processes (synchronous calls over pipes)."""
+
+    def __init__(self, workers: int = 3):
+        context = multiprocessing.get_context("spawn")
+        self.pipes = []
+        self.procs = []
+        for _ in range(workers):
+            parent, child = context.Pipe()
+            proc = context.Process(target=_worker_main, args=(child,), daemon=True)
+            proc.start()
+            child.close()
+            self.pipes.append(parent)
+            self.procs.append(proc)
+
+    @property
+    def size(self) -> int:
+        """Number of worker processes."""
+        return len(self.pipes)
+
+    def pids(self) -> list[int]:
+        """Worker PIDs."""
+        return [p.pid for p in self.procs]
+
+    def call(self, commands: list[dict], timeout: float) -> list[dict]:
+        """Send one command to each worker and wait for every answer."""
+        for pipe, command in zip(self.pipes, commands, strict=True):
+            pipe.send(command)
+        deadline = time.monotonic() + timeout
+        answers = []
+        for pipe in self.pipes:
+            if not pipe.poll(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError(f"load generator worker did not answer {commands[0]['cmd']}")
+            answer = pipe.recv()
+            if "error" in answer:
+                raise RuntimeError(f"load generator worker failed: {answer['error']}")
+            answers.append(answer)
+        return answers
+
+    def broadcast(self, command: dict, timeout: float) -> list[dict]:
+        """The same command to every worker."""
+        return self.call([dict(command) for _ in self.pipes], timeout)
+
+    def connect(self, specs: list[Spec], concurrency: int, timeout: float, retries: int,
+                ready_marker: str | None, deadline: float) -> dict:
+        """Open every connection (split by cid over workers); return the connect figures."""
+        shares: list[list[Spec]] = [[] for _ in self.pipes]
+        for spec in specs:
+            index = spec.worker if spec.worker is not None else spec.cid
+            shares[index % self.size].append(spec)
+        start_at = time.time() + 0.3
+        per_worker = max(1, concurrency // self.size)
+        answers = self.call([
+            {"cmd": "connect", "specs": share, "start_at": start_at, "concurrency": per_worker,
+             "timeout": timeout, "retries": retries, "ready_marker": ready_marker,
+             "deadline": start_at + deadline}
+            for share in shares
+        ], deadline + 30)
+        opened = sum(a["opened"] for a in answers)
+        errors: collections.Counter = collections.Counter()
+        for answer in answers:
+            errors.update(answer["errors"])
+        last = max((a["last_open"] for a in answers if a["last_open"]), default=start_at)
+        return {
+            "start": start_at,
+            "opened": opened,
+            "failed": sum(a["failed"] for a in answers),
+            "attempts": sum(a["attempts"] for a in answers),
+            "errors": dict(errors),
+            "seconds": max(last - start_at, 1e-6),
+            "rate": opened / max(last - start_at, 1e-6),
+        }
+
+    def wait_ready(self, timeout: float) -> dict:
+        """Wait for the ready frame on every connection."""
+        answers = self.broadcast({"cmd": "wait_ready", "timeout": timeout}, timeout + 10)
+        return {"ready": sum(a["ready"] for a in answers),
+                "open": sum(a["open"] for a in answers),
+                "at": max(a["at"] for a in answers)}
+
+    def phase(self, phase: str, rate: float, duration: float, lead: float = 0.3) -> dict:
+        """Run one sending phase on every worker's senders; returns totals and the window."""
+        start_at = time.time() + lead
+        answers = self.broadcast({"cmd": "phase", "phase": phase, "rate": rate,
+                                  "start_at": start_at, "duration": duration}, duration + 60)
+        return {"sent": sum(a["sent"] for a in answers),
+                "max_lag": max(a["max_lag"] for a in answers),
+                "senders": sum(a["senders"] for a in answers),
+                "start": start_at, "end": start_at + duration}
+
+    def stats(self, reset: bool = False) -> dict:
+        """Merged statistics of every worker."""
+        answers = self.broadcast({"cmd": "stats", "reset": reset}, 60)
+        latencies: dict[str, array] = {}
+        buckets: collections.Counter = collections.Counter()
+        closed: collections.Counter = collections.Counter()
+        for answer in answers:
+            for phase, raw in answer["latencies"].items():
+                values = latencies.setdefault(phase, array("f"))
+                values.frombytes(raw)
+            buckets.update(answer["buckets"])
+            closed.update(answer["closed"])
+        return {
+            "latencies": latencies,
+            "buckets": buckets,
+            "duplicates": sum(a["duplicates"] for a in answers),
+            "other_frames": sum(a["other_frames"] for a in answers),
+            "closed": dict(closed),
+            "open": sum(a["open"] for a in answers),
+        }
+
+    def wait_quiet(self, quiet: float = 1.5, timeout: float = 30) -> float:
+        """Wait until no broadcast arrived for `quiet` seconds (a backlog drained)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            last = max(a["last"] for a in self.broadcast({"cmd": "last_receive"}, 30))
+            if time.time() - last >= quiet:
+                return time.time() - last
+            time.sleep(0.25)
+        return 0.0
+
+    def close_all(self, timeout: float = 60) -> None:
+        """Close every connection of every worker."""
+        self.broadcast({"cmd": "close", "timeout": timeout}, timeout + 15)
+
+    def shutdown(self) -> None:
+        """Stop the workers (close their sockets first)."""
+        for pipe in self.pipes:
+            try:
+                pipe.send({"cmd": "exit"})
+            except OSError:
+                pass
+        for proc in self.procs:
+            proc.join(10)
+            if proc.is_alive():
+                os.kill(proc.pid, 9)
+                proc.join(5)

@@ -1,0 +1,3 @@
+"""No HTTP views: the stock project serves WebSockets (HTTP answers 404)."""
+
+urlpatterns = []

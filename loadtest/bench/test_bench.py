@@ -1,0 +1,97 @@
+"""The fan-out benchmark's machinery, end to end at a tiny size (no performance assertions).
+
+The whole run is one subprocess (`python -m loadtest.bench`): all three systems (the chanfleet
+topology, the stock project, the ceiling) behind nginx, rooms of 20, a couple of seconds per
+phase. The test checks that every figure of every scenario is there, and the report's pieces.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from deploy.local.topology import REPO
+from loadtest.bench import report
+from loadtest.bench.generator import MARK
+from loadtest.bench.profile import summarise
+from loadtest.bench.runner import Config, build_specs, rooms_for
+from loadtest.bench.systems import Ceiling
+
+# Ports().shifted(7000) for ours (nginx 15000), stock on 15500, the ceiling on 15600: clear of
+# `make run`, the other tests' topologies and a benchmark run (offset 6000).
+OFFSET = 7000
+
+
+def test_rooms_and_specs_spread_senders_over_workers(tmp_path):
+    """One sender per room, senders on different workers, every socket in its room."""
+    config = Config(budget=100, run_id="t", source_addrs=4)
+    system = Ceiling(tmp_path, 15600)
+    specs = build_specs(config, system, 20, system.cookies(3), workers=3)
+    assert rooms_for(config, 20) == 5 and len(specs) == 100
+    senders = [s for s in specs if s.sender]
+    assert len(senders) == 5
+    assert {s.worker for s in senders} == {0, 1, 2}
+    assert len({s.url for s in specs}) == 5
+    assert {s.local_host for s in specs} == {f"127.0.0.{i}" for i in range(2, 6)}
+    assert rooms_for(config, 5000) == 1
+
+
+def test_profile_summary_counts_self_and_inclusive():
+    """Collapsed stacks become self and inclusive shares."""
+    stacks = {"thread;a (x.py:1);b (y.py:2)": 3, "thread;a (x.py:1)": 1}
+    summary = summarise(stacks)
+    assert summary["samples"] == 4
+    assert dict(summary["self"]) == {"b (y.py)": 75.0, "a (x.py)": 25.0}
+    assert dict(summary["inclusive"])["a (x.py)"] == 100.0
+
+
+def test_markdown_section_is_replaced_in_place(tmp_path):
+    """Text outside the markers survives a rerun."""
+    path = tmp_path / "benchmarks.md"
+    report.write_markdown(path, f"{report.BEGIN}\nold\n{report.END}")
+    path.write_text("# Title\n\nhand-written\n\n" + path.read_text().split("\n", 3)[-1]
+                    + "\nafter\n")
+    report.write_markdown(path, f"{report.BEGIN}\nnew\n{report.END}")
+    text = path.read_text()
+    assert "hand-written" in text and "after" in text and "new" in text and "old" not in text
+
+
+@pytest.mark.topology
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_tiny_benchmark_reports_every_figure(tmp_path):
+    """Rooms of 20 on all three systems: every figure present, the report written."""
+    out = tmp_path / "benchmarks.md"
+    results = tmp_path / "results.json"
+    command = [
+        sys.executable, "-m", "loadtest.bench", "--sizes", "20", "--budget", "40",
+        "--users", "4", "--workers", "2", "--concurrency", "20", "--comfort-seconds", "2",
+        "--step-seconds", "2", "--warm-seconds", "0.5", "--max-steps", "2",
+        "--start-deliveries", "200", "--max-wait", "0", "--settle-timeout", "5",
+        "--drain-timeout", "10", "--port-offset", str(OFFSET),
+        "--state-dir", str(tmp_path / "state"), "--json", str(results), "--out", str(out),
+    ]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    outcome = json.loads(results.read_text())
+    scenarios = outcome["results"]
+    assert {(r["system"], r["size"]) for r in scenarios} == {
+        ("ours", 20), ("stock", 20), ("ceiling", 20)}
+    assert report.missing_figures(scenarios) == []
+    for result in scenarios:
+        assert result["connect"]["opened"] == 40, result
+        assert result["comfort"]["delivered"] > 0, result
+        assert result["saturation"]["steps"], result
+        assert result["memory"]["after_kib"] > 0, result
+    sessions = outcome["run"]["sessions"]
+    assert sessions["ours"]["session_queries"] == 0, sessions
+    assert sessions["stock"]["session_queries"] == 1, sessions
+    text = out.read_text()
+    assert report.BEGIN in text and report.END in text
+    for needle in ("ours/stock", "ours/ceiling", "saturation >= 0.5x ceiling", "RTT p99",
+                   "KiB per idle socket", "conn/s"):
+        assert needle in text, needle
+    assert MARK not in text

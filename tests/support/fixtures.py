@@ -1,0 +1,56 @@
+"""Pytest plugin with real Redis fixtures (`pytest_plugins = ["tests.support.fixtures"]`).
+
+Nothing here skips: a missing redis-server fails the test with instructions, because a suite that
+silently skips its Redis tests would report green without testing the channel layer at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.redis_procs import (
+    RedisBinaryMissing,
+    RedisServer,
+    SentinelTopology,
+    find_redis_server,
+)
+
+
+def _require_redis_server() -> None:
+    """Fail (never skip) the requesting test if redis-server is not installed."""
+    try:
+        find_redis_server()
+    except RedisBinaryMissing as exc:
+        message = str(exc)
+    else:
+        return
+    pytest.fail(message, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One password-protected standalone redis-server for the whole session."""
+    _require_redis_server()
+    server = RedisServer(base_dir=tmp_path_factory.mktemp("redis-server"))
+    with server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session server's URL (with password), FLUSHALLed so each test starts empty."""
+    with redis_server.client() as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def sentinel_topology(tmp_path: Path) -> Iterator[SentinelTopology]:
+    """A fresh master + replica + 3 sentinels (down-after 1000 ms) that a test may kill."""
+    _require_redis_server()
+    # Configs and logs stay in tmp_path after the test, for post-mortems of a failed failover.
+    with SentinelTopology(down_after_ms=1000, base_dir=tmp_path / "sentinel") as topology:
+        yield topology

@@ -72,6 +72,14 @@ rehearse-failover: venv ## Kill the Redis master mid-soak; prints dropped socket
 rehearse-rollout: venv ## Drain and replace each WebSocket process mid-soak (the rolling deploy, locally)
 	$(PY) -m loadtest.run rollout
 
+# The fan-out benchmark: room sizes and py-spy seconds at saturation (0 = no profile).
+SIZES ?= 100,1000,5000
+PROFILE ?= 15
+
+.PHONY: bench
+bench: venv system-deps ## Fan-out benchmark, ours vs stock vs no-Django ceiling; writes docs/benchmarks.md (SIZES=, PROFILE=)
+	$(PY) -m loadtest.bench --sizes $(SIZES) --profile $(PROFILE) --out docs/benchmarks.md
+
 .PHONY: dev
 dev: venv ## One daphne process, in-memory layer, SQLite: a quick look at http://127.0.0.1:8000/
 	mkdir -p var

@@ -9,6 +9,8 @@ registry for exactly our uses, and browsers accept them, so we send the frame di
 
 from daphne.ws_protocol import WebSocketProtocol
 
+from . import twisted_write
+
 REGISTERED = frozenset({1001, 1008, 1011, 1012, 1013})
 _server_close = WebSocketProtocol.serverClose
 
@@ -22,5 +24,6 @@ def server_close(self, code=None):
 
 
 def install() -> None:
-    """Patch daphne's WebSocket protocol once (idempotent)."""
+    """Patch daphne's WebSocket protocol and its TCP writes once (idempotent)."""
     WebSocketProtocol.serverClose = server_close
+    twisted_write.install()

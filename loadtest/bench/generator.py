@@ -212,14 +212,39 @@ class Worker:
     # ------------------------------------------------------------------ sending
     async def cmd_phase(self, phase: str, rate: float, start_at: float, duration: float) -> dict:
         """Senders of this worker send `rate` messages/s each from start_at for duration."""
-        senders = [c for c in self.conns.values() if c.spec.sender and c.ws is not None]
+        senders = self._senders()
         results = await asyncio.gather(*(self._send(c, phase, rate, start_at, duration)
                                          for c in senders))
         return {
             "sent": sum(r[0] for r in results),
             "max_lag": max((r[1] for r in results), default=0.0),
             "senders": len(senders),
+            "stand_ins": sum(1 for c in senders if not c.spec.sender),
         }
+
+    def _senders(self) -> list[_Conn]:
+        """One open socket per room this worker sends for: the room's sender, or a stand-in.
+
+        A system may close sockets after the handshake (the stock layer closes some with 1011
+        when its Redis pool runs dry); a room whose sender is gone is then sent to by another
+        open member on the same worker, so the room still counts.
+        """
+        def alive(conn: _Conn) -> bool:
+            return conn.ws is not None and conn.task is not None and not conn.task.done()
+
+        chosen = []
+        for conn in self.conns.values():
+            if not conn.spec.sender:
+                continue
+            if alive(conn):
+                chosen.append(conn)
+                continue
+            stand_in = next((o for o in self.conns.values()
+                             if o.spec.room == conn.spec.room and not o.spec.sender and alive(o)),
+                            None)
+            if stand_in is not None:
+                chosen.append(stand_in)
+        return chosen
 
     async def _send(self, conn: _Conn, phase: str, rate: float, start_at: float,
                     duration: float) -> tuple[int, float]:
@@ -408,6 +433,7 @@ class Generator:
         return {"sent": sum(a["sent"] for a in answers),
                 "max_lag": max(a["max_lag"] for a in answers),
                 "senders": sum(a["senders"] for a in answers),
+                "stand_ins": sum(a["stand_ins"] for a in answers),
                 "start": start_at, "end": start_at + duration}
 
     def stats(self, reset: bool = False) -> dict:

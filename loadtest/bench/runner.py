@@ -326,11 +326,13 @@ class Scenario:
             p99_so_far = percentile(self.latencies.get(name, array("f")), 99) or 0.0
             steps.append({"name": name, "rate_per_room": rate, "offered": offered,
                           "throughput": throughput, "sent": phase["sent"],
-                          "ws_cpu_seconds": round(cpu, 2),
+                          "ws_cpu_seconds": round(cpu, 2), "stand_ins": phase["stand_ins"],
                           "cpu_us_per_delivery": round(1e6 * cpu / whole, 1) if whole else None,
                           "sender_lag_s": round(phase["max_lag"], 3)})
             log(f"  step {index}: {rate:.2f} msg/s/room, offered {offered:.0f}/s, delivered "
-                f"{throughput:.0f}/s, p99 so far {p99_so_far:.0f} ms")
+                f"{throughput:.0f}/s, p99 so far {p99_so_far:.0f} ms"
+                + (f", {phase['stand_ins']} closed sender(s) stood in for"
+                   if phase["stand_ins"] else ""))
             # Past saturation a backlog builds up and deliveries/s stay at capacity: stop after
             # two steps without 5% growth, or at once when latency explodes.
             grew = throughput > best * 1.05

@@ -33,9 +33,12 @@ case "$role" in
     # --ping-interval/--ping-timeout: protocol-level pings find dead TCP peers (a laptop lid
     # closed) that never send a close frame; the app heartbeat (25 s) is separate.
     # --application-close-timeout: how long a consumer may run its disconnect cleanup.
+    # --websocket_connect_timeout: a handshake the app has not accepted by then is dropped.
+    # 30 s, not 10: in a 5000-socket reconnect storm (200 handshakes in flight) 69-87 of 5000
+    # handshakes took longer than 10 s and were dropped right after accept (docs/benchmarks.md).
     exec daphne --bind "$BIND" --port "$PORT" --proxy-headers \
       --ping-interval 20 --ping-timeout 30 \
-      --websocket_connect_timeout 10 \
+      --websocket_connect_timeout "${WS_CONNECT_TIMEOUT:-30}" \
       --application-close-timeout 10 \
       "$@" app.asgi:application
     ;;

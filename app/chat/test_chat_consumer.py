@@ -486,6 +486,28 @@ async def test_handshake_while_draining_is_refused(ws, make_user):
         registry.draining = False
 
 
+async def test_a_drain_that_starts_during_a_handshake_still_sends_that_socket_away(
+        ws, make_user, monkeypatch):
+    """The drain's snapshot misses a socket still joining; that socket is sent away itself."""
+    from app.chat.consumers import ChatConsumer
+
+    send_history = ChatConsumer.send_history
+
+    async def drain_meanwhile(consumer):
+        registry.draining = True  # the drain begins after accept, before the join completes
+        await send_history(consumer)
+
+    monkeypatch.setattr(ChatConsumer, "send_history", drain_meanwhile)
+    try:
+        client = await ws("/ws/chat/lobby/", await make_user())
+        await client.recv_until("history_end")
+        frame = await client.recv_type("reconnect")
+        assert frame["reason"] == "drain" and frame["last_seq"] == 0
+        assert await client.closed_with() == 1012
+    finally:
+        registry.draining = False
+
+
 async def test_heartbeat_gap_fill_and_live_delivery_never_duplicate(ws, make_user):
     """A heartbeat gap fill racing live broadcasts still delivers each seq exactly once."""
     from app.realtime.store import get_store

@@ -16,62 +16,74 @@ def make_layer(host, **options) -> ResilientRedisChannelLayer:
     return ResilientRedisChannelLayer(hosts=[host], **{**defaults, **options})
 
 
+@pytest.fixture
+async def layers():
+    """make_layer, with every layer's reader and watcher stopped at teardown, pass or fail.
+
+    A reader left running keeps the test's event loop from closing (seen in CI: a failed
+    assertion skipped the test's own cleanup and the run hung in loop teardown).
+    """
+    made = []
+
+    def make(host, **options):
+        layer = make_layer(host, **options)
+        made.append(layer)
+        return layer
+
+    yield make
+    for layer in made:
+        await layer.stop_readers()
+
+
 def sentinel_host(topology) -> dict:
     """channels_redis's Sentinel host dict, with the pool settings of app/settings.py."""
     return {**topology.channel_layer_host(), "socket_timeout": 10, "socket_connect_timeout": 1}
 
 
-async def test_receive_and_group_send_ride_through_a_failover(sentinel_topology):
+async def test_receive_and_group_send_ride_through_a_failover(sentinel_topology, layers):
     """Killing the master neither kills the receive loop nor loses the group send."""
-    layer = make_layer(sentinel_host(sentinel_topology))
-    try:
-        channel = await layer.new_channel()
-        await layer.group_add("room", channel)
-        receiving = asyncio.ensure_future(layer.receive(channel))
-        await layer.group_send("room", {"type": "before"})
-        assert (await asyncio.wait_for(receiving, 5))["type"] == "before"
+    layer = layers(sentinel_host(sentinel_topology))
+    channel = await layer.new_channel()
+    await layer.group_add("room", channel)
+    receiving = asyncio.ensure_future(layer.receive(channel))
+    await layer.group_send("room", {"type": "before"})
+    assert (await asyncio.wait_for(receiving, 5))["type"] == "before"
 
-        failovers = metrics.LAYER_FAILOVERS._value.get()
-        receiving = asyncio.ensure_future(layer.receive(channel))
-        old = sentinel_topology.kill_master()
-        started = time.monotonic()
-        await layer.group_send("room", {"type": "during"})  # retried until the new master answers
-        recovered = time.monotonic() - started
-        print(f"group_send worked again {recovered:.2f}s after kill -9 of the master")
-        assert (await asyncio.wait_for(receiving, 10))["type"] == "during"
-        assert sentinel_topology.master_address() != old
-        # At least one outage recorded: a connection checked out to the old master before the
-        # kill may fail after the layer recovered and open a second, short one.
-        assert metrics.LAYER_FAILOVERS._value.get() >= failovers + 1
-        assert layer.is_available
-        # The time is a figure (2.4-3.0 s here), not a gate: Sentinel's own election stretches
-        # on a loaded machine; group_send not raising means it held within retry_seconds.
-    finally:
-        # Always: a reader left running would keep the test's event loop from closing.
-        await layer.stop_readers()
+    failovers = metrics.LAYER_FAILOVERS._value.get()
+    receiving = asyncio.ensure_future(layer.receive(channel))
+    old = sentinel_topology.kill_master()
+    started = time.monotonic()
+    await layer.group_send("room", {"type": "during"})  # retried until the new master answers
+    recovered = time.monotonic() - started
+    print(f"group_send worked again {recovered:.2f}s after kill -9 of the master")
+    assert (await asyncio.wait_for(receiving, 10))["type"] == "during"
+    assert sentinel_topology.master_address() != old
+    # At least one outage recorded: a connection checked out to the old master before the
+    # kill may fail after the layer recovered and open a second, short one.
+    assert metrics.LAYER_FAILOVERS._value.get() >= failovers + 1
+    assert layer.is_available
+    # The time is a figure (2.4-3.0 s here), not a gate: Sentinel's own election stretches
+    # on a loaded machine; group_send not raising means it held within retry_seconds.
 
 
-async def test_memberships_are_re_added_on_the_new_master(sentinel_topology):
+async def test_memberships_are_re_added_on_the_new_master(sentinel_topology, layers):
     """A membership the promoted replica never got (an unreplicated write) comes back."""
-    layer = make_layer(sentinel_host(sentinel_topology))
-    try:
-        channel = await layer.new_channel()
-        receiving = asyncio.ensure_future(layer.receive(channel))  # starts reader and watcher
-        await layer.group_add("room", channel)
-        # Make the replica miss that write, as if the master died before replicating it.
-        master = sentinel_topology.master_address()
-        replica = next(a for a in sentinel_topology.data_nodes if a != master)
-        with sentinel_topology.node_client(replica) as client:
-            client.config_set("replica-read-only", "no")
-            client.delete(layer._group_key("room"))
-        old = sentinel_topology.kill_master()
-        await sentinel_topology_wait(sentinel_topology, old)
-        await asyncio.sleep(1.5)  # the watcher sees Sentinel name the new master
-        await layer.group_send("room", {"type": "after"})
-        assert (await asyncio.wait_for(receiving, 10))["type"] == "after"
-        assert layer.master_address == sentinel_topology.master_address()
-    finally:
-        await layer.stop_readers()
+    layer = layers(sentinel_host(sentinel_topology))
+    channel = await layer.new_channel()
+    receiving = asyncio.ensure_future(layer.receive(channel))  # starts reader and watcher
+    await layer.group_add("room", channel)
+    # Make the replica miss that write, as if the master died before replicating it.
+    master = sentinel_topology.master_address()
+    replica = next(a for a in sentinel_topology.data_nodes if a != master)
+    with sentinel_topology.node_client(replica) as client:
+        client.config_set("replica-read-only", "no")
+        client.delete(layer._group_key("room"))
+    old = sentinel_topology.kill_master()
+    await sentinel_topology_wait(sentinel_topology, old)
+    await asyncio.sleep(1.5)  # the watcher sees Sentinel name the new master
+    await layer.group_send("room", {"type": "after"})
+    assert (await asyncio.wait_for(receiving, 10))["type"] == "after"
+    assert layer.master_address == sentinel_topology.master_address()
 
 
 async def sentinel_topology_wait(topology, old) -> None:
@@ -101,9 +113,9 @@ async def test_over_capacity_drops_are_counted(redis_url):
     assert metrics.OVER_CAPACITY._value.get() == dropped + 2
 
 
-async def test_heartbeat_refresh_keeps_memberships_past_group_expiry(redis_url):
+async def test_heartbeat_refresh_keeps_memberships_past_group_expiry(redis_url, layers):
     """Refreshed memberships survive a short group_expiry; unrefreshed ones expire."""
-    layer = make_layer({"address": redis_url}, group_expiry=1)
+    layer = layers({"address": redis_url}, group_expiry=1)
     alive, dead = await layer.new_channel(), "specific.deadprocess!x"
     await layer.group_add("room", alive)
     await layer.group_add("room", dead)
@@ -115,4 +127,3 @@ async def test_heartbeat_refresh_keeps_memberships_past_group_expiry(redis_url):
     assert (await asyncio.wait_for(receiving, 5))["type"] == "still here"
     members = await layer.connection(0).zrange(layer._group_key("room"), 0, -1)
     assert [m.decode() for m in members] == [alive]
-    await layer.stop_readers()

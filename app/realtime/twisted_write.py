@@ -13,9 +13,10 @@ Twisted's own.
 
 import os
 
-from twisted.internet import abstract, tcp
+from twisted.internet import tcp
 
-_buffered_write = abstract.FileDescriptor.write
+# Twisted's own write: TLS-aware, buffered; everything the fast path does not finish goes here.
+_buffered_write = tcp.Server.write
 
 
 def write(self, data: bytes) -> None:
@@ -29,10 +30,7 @@ def write(self, data: bytes) -> None:
         if sent == len(data):
             return
         data = data[sent:]
-    if self.TLS:
-        tcp.Connection.write(self, data)
-    else:
-        _buffered_write(self, data)
+    _buffered_write(self, data)
 
 
 def install() -> None:

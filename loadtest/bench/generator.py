@@ -63,6 +63,11 @@ class _Stats:
     other_frames: int = 0
 
 
+def _alive(conn: _Conn) -> bool:
+    """The connection is open and its reader still runs."""
+    return conn.ws is not None and conn.task is not None and not conn.task.done()
+
+
 class Worker:
     """The asyncio side: opens, reads, sends on and closes its share of the connections."""
 
@@ -155,8 +160,7 @@ class Worker:
         """Wait until every open connection got its ready frame (or timeout)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            pending = sum(1 for c in self.conns.values() if not c.ready and c.ws is not None
-                          and c.task is not None and not c.task.done())
+            pending = sum(1 for c in self.conns.values() if not c.ready and _alive(c))
             if not pending:
                 break
             await asyncio.sleep(0.05)
@@ -164,7 +168,7 @@ class Worker:
         return {"ready": ready, "open": self._open_count(), "at": time.time()}
 
     def _open_count(self) -> int:
-        return sum(1 for c in self.conns.values() if c.task is not None and not c.task.done())
+        return sum(1 for c in self.conns.values() if _alive(c))
 
     # ------------------------------------------------------------------ receiving
     async def _read(self, conn: _Conn) -> None:
@@ -229,18 +233,15 @@ class Worker:
         when its Redis pool runs dry); a room whose sender is gone is then sent to by another
         open member on the same worker, so the room still counts.
         """
-        def alive(conn: _Conn) -> bool:
-            return conn.ws is not None and conn.task is not None and not conn.task.done()
-
         chosen = []
         for conn in self.conns.values():
             if not conn.spec.sender:
                 continue
-            if alive(conn):
+            if _alive(conn):
                 chosen.append(conn)
                 continue
             stand_in = next((o for o in self.conns.values()
-                             if o.spec.room == conn.spec.room and not o.spec.sender and alive(o)),
+                             if o.spec.room == conn.spec.room and not o.spec.sender and _alive(o)),
                             None)
             if stand_in is not None:
                 chosen.append(stand_in)

@@ -81,14 +81,14 @@ bench: venv system-deps ## Fan-out benchmark, ours vs stock vs no-Django ceiling
 	$(PY) -m loadtest.bench --sizes $(SIZES) --profile $(PROFILE) --out docs/benchmarks.md
 
 .PHONY: dev
-dev: venv ## One daphne process, in-memory layer, SQLite: a quick look at http://127.0.0.1:8000/
+dev: venv ## One uvicorn process, in-memory layer, SQLite: a quick look at http://127.0.0.1:8000/
 	mkdir -p var
 	DEBUG=1 $(PY) manage.py migrate --noinput
 	DEBUG=1 $(PY) manage.py seed_demo
-	DEBUG=1 $(VENV)/bin/daphne -b 127.0.0.1 -p 8000 app.asgi:application
+	DEBUG=1 BIND=127.0.0.1 PORT=8000 $(PY) -m app.realtime.wsserver
 
 .PHONY: run
-run: venv system-deps ## Start the whole topology (Redis+Sentinel, 2 daphne, 2 gunicorn, nginx) on :8000
+run: venv system-deps ## Start the whole topology (Redis+Sentinel, 2 uvicorn WS, 2 gunicorn, nginx) on :8000
 	$(PY) -m deploy.local up
 
 .PHONY: stop

@@ -1,6 +1,7 @@
 """ASGI entry point: HTTP to Django, WebSockets through origin and session checks to the routes."""
 
 import os
+import sys
 
 from django.core.asgi import get_asgi_application
 
@@ -8,21 +9,22 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "app.settings")
 # Initialise Django (apps, settings) before importing anything that touches models.
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from app.chat.routing import websocket_urlpatterns  # noqa: E402
-from app.realtime import daphne_compat  # noqa: E402
+from app.realtime.handshake import WebSocketAuth  # noqa: E402
 from app.realtime.lifecycle import ProcessServices  # noqa: E402
 
-daphne_compat.install()
+if "daphne.server" in sys.modules:
+    # Served by daphne (WS_SERVER=daphne, make dev): its close codes and writes need help.
+    from app.realtime import daphne_compat
+
+    daphne_compat.install()
 
 application = ProcessServices(
     ProtocolTypeRouter({
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
+        # channels' origin check, cookie, session and auth middleware, in one layer.
+        "websocket": WebSocketAuth(URLRouter(websocket_urlpatterns)),
     })
 )

@@ -228,6 +228,8 @@ WS_FRAME_RATE = env("WS_FRAME_RATE", "50/10")
 CHAT_MESSAGE_MAX_LENGTH = int(env("CHAT_MESSAGE_MAX_LENGTH", "4000"))
 CHAT_MESSAGE_RATE = env("CHAT_MESSAGE_RATE", "20/10")
 WS_CONNECT_RATE = env("WS_CONNECT_RATE", "60/60")
+# Handshakes a WebSocket process works on at once; the rest wait their turn (see registry.py).
+WS_CONNECT_CONCURRENCY = int(env("WS_CONNECT_CONCURRENCY", "8"))
 CHAT_HISTORY_SIZE = int(env("CHAT_HISTORY_SIZE", "50"))
 CHAT_AUTO_CREATE_ROOMS = env_bool("CHAT_AUTO_CREATE_ROOMS", True)
 CONTENT_FILTER_WORDS = env_list("CONTENT_FILTER_WORDS", "")

@@ -3,7 +3,7 @@
 # topology (`make run`) all call it with a role, so the three cannot drift apart.
 #
 #   entrypoint.sh http      gunicorn with uvicorn workers: the HTTP API, admin, pages
-#   entrypoint.sh ws        daphne: the WebSocket routes (one process per pod)
+#   entrypoint.sh ws        uvicorn (or daphne, WS_SERVER=daphne): the WebSocket routes, one process per pod
 #   entrypoint.sh migrate   apply database migrations, then exit
 #   entrypoint.sh drain     ask the local ws process to drain and wait (Kubernetes preStop)
 #
@@ -30,17 +30,19 @@ case "$role" in
     ;;
   ws)
     export CHANFLEET_ROLE=ws
-    # --ping-interval/--ping-timeout: protocol-level pings find dead TCP peers (a laptop lid
-    # closed) that never send a close frame; the app heartbeat (25 s) is separate.
-    # --application-close-timeout: how long a consumer may run its disconnect cleanup.
-    # --websocket_connect_timeout: a handshake the app has not accepted by then is dropped.
-    # 30 s, not 10: in a 5000-socket reconnect storm (200 handshakes in flight) 69-87 of 5000
-    # handshakes took longer than 10 s and were dropped right after accept (docs/benchmarks.md).
-    exec daphne --bind "$BIND" --port "$PORT" --proxy-headers \
-      --ping-interval 20 --ping-timeout 30 \
-      --websocket_connect_timeout "${WS_CONNECT_TIMEOUT:-30}" \
-      --application-close-timeout 10 \
-      "$@" app.asgi:application
+    # uvicorn (app/realtime/wsserver.py reads PORT, BIND, WS_PING_*, WS_MAX_SIZE, ...):
+    # less than half daphne's CPU per delivered frame and twice its handshake rate
+    # (docs/benchmarks.md). WS_SERVER=daphne runs daphne with the same timings instead.
+    if [ "${WS_SERVER:-uvicorn}" = daphne ]; then
+      # --websocket_connect_timeout: a handshake the app has not accepted by then is dropped;
+      # 30 s, not 10: in a 5000-socket reconnect storm 69-87 of 5000 handshakes took longer.
+      exec daphne --bind "$BIND" --port "$PORT" --proxy-headers \
+        --ping-interval "${WS_PING_INTERVAL:-20}" --ping-timeout "${WS_PING_TIMEOUT:-30}" \
+        --websocket_connect_timeout "${WS_CONNECT_TIMEOUT:-30}" \
+        --application-close-timeout 10 \
+        "$@" app.asgi:application
+    fi
+    exec python -m app.realtime.wsserver
     ;;
   migrate)
     export CHANFLEET_ROLE=migrate

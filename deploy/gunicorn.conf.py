@@ -1,6 +1,7 @@
 """gunicorn settings for the HTTP role (deploy/entrypoint.sh http).
 
-uvicorn's worker runs the same ASGI application as daphne, so sync views run in a thread pool
+uvicorn's worker runs the same ASGI application as the WebSocket processes, so sync views
+run in a thread pool
 and async views and the channel layer share one event loop per worker (pooled Redis
 connections), instead of a new loop per async_to_sync call under plain WSGI.
 """

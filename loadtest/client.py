@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 # Close codes after which reconnecting cannot help (docs/protocol.md).
 FATAL_CLOSES = {4003: "forbidden", 4004: "not found"}
-IDLE_TIMEOUT = 90.0  # > the 25 s heartbeat and daphne's 20 s pings: silence means dead
+IDLE_TIMEOUT = 90.0  # > the 25 s heartbeat and the server's 20 s pings: silence means dead
 RECENT = 20
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from deploy.local.topology import Ports, Topology
 
-# Ports().shifted(3000): nginx on 11000, daphne 11101-11102, gunicorn 11201-11202, Redis
+# Ports().shifted(3000): nginx on 11000, uvicorn (ws) 11101-11102, gunicorn 11201-11202, Redis
 # 9380-9381, sentinels 29380-29382: clear of `make run` (8000...) and of the other tests.
 OFFSET = 3000
 
@@ -43,7 +43,7 @@ def _busy(port: int) -> bool:
 
 @pytest.fixture(scope="module")
 def load_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
-    """A whole topology (nginx, 2 daphne, 2 gunicorn, Redis Sentinel) for this module's runs."""
+    """A whole topology (nginx, 2 uvicorn ws, 2 gunicorn, Redis Sentinel) for this module's runs."""
     ports = Ports().shifted(OFFSET)
     busy = [port for port in _ports(ports) if _busy(port)]
     if busy:

@@ -89,10 +89,10 @@ ALERTS = [
         expr=f"up{{{S['ws']}}} == 0",
         for_="1m",
         severity="critical",
-        summary="A daphne WebSocket process is down or cannot be scraped.",
+        summary="A WebSocket process is down or cannot be scraped.",
         description=(
             "Prometheus has not reached {{ $labels.instance }} (job {{ $labels.job }}) for more "
-            "than 1 minute: the daphne process is down or its /metrics endpoint fails. Its "
+            "than 1 minute: the WebSocket process is down or its /metrics endpoint fails. Its "
             "WebSocket clients must reconnect to the remaining processes."
         ),
     ),

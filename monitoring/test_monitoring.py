@@ -226,7 +226,7 @@ def test_expressions_use_job_matchers_from_selectors_only():
 
 
 def test_canary_series_are_read_from_the_websocket_job_only():
-    """Only daphne runs the canary (gunicorn exports its series at 0): expressions select ws."""
+    """Only ws processes run the canary (gunicorn exports it at 0): expressions select ws."""
     for where, expr in all_expressions():
         for match in re.finditer(r"chanfleet_canary_\w+\{([^}]*)\}", expr):
             assert alerts_source.SELECTORS["ws"] in match.group(1), f"{where}: {match.group(0)}"

@@ -1,4 +1,4 @@
-"""The web page in headless Chromium against the real topology (nginx, daphne, gunicorn, Redis).
+"""The web page in headless Chromium against the real topology (nginx, uvicorn, gunicorn, Redis).
 
 Two browser contexts are two people (alice and bob). They chat, react, edit and delete and see
 each other live; a WebSocket process is drained under them and each page comes back with the
@@ -378,9 +378,8 @@ def drain(port: int) -> int:
     clients have left. With the default exit, clients reconnecting while it is gone make nginx
     mark it failed (max_fails=1), and since a WebSocket only "completes" when it closes, nginx
     then lets one handshake per fail_timeout through: draining the second process soon after
-    answered 502 "no live upstreams" for ~25 s. Also, daphne (autobahn) refuses to send close
-    code 1012, so the drain's close raises and only the `reconnect` frame reaches the client;
-    the page leaves on that frame by itself.
+    answered 502 "no live upstreams" for ~25 s. The page leaves on the `reconnect` frame by
+    itself, without waiting for the close (1012) that follows it.
     """
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/internal/drain?window=1&exit=0", method="POST")

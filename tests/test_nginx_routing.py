@@ -1,6 +1,6 @@
 """Routing behaviour of deploy/nginx/nginx.conf.tmpl, checked through a real nginx.
 
-Stub backends stand in for daphne and gunicorn: every WebSocket stub greets each connection
+Stub backends stand in for uvicorn and gunicorn: every WebSocket stub greets each connection
 with a JSON text frame naming itself and echoing the request it saw, then echoes messages;
 every HTTP stub answers each request with the same kind of JSON. Clients pick their source
 address inside 127.0.0.0/8 where the client address matters (affinity without a cookie,

@@ -1,4 +1,4 @@
-"""The whole topology through real processes: nginx, two daphne, two gunicorn, Redis Sentinel.
+"""The whole topology through real processes: nginx, two uvicorn, two gunicorn, Redis Sentinel.
 
 Drills print their figures (run with -s to see them): WebSockets dropped, stored messages lost,
 broadcasts that needed gap fill or resume, and recovery times.
@@ -145,7 +145,7 @@ class Sender:
 
 # ---------------------------------------------------------------------------- routing
 async def test_clients_on_two_processes_see_each_others_messages_typing_and_reactions(topology):
-    """Through nginx, users on different daphne processes talk as if on one."""
+    """Through nginx, users on different WebSocket processes talk as if on one."""
     room = "routing"
     clients = [client(topology, u, room) for u in USERS[:8]]
     await asyncio.gather(*(c.start() for c in clients))
@@ -189,7 +189,7 @@ async def test_the_same_cookie_lands_on_the_same_process_and_cookies_spread(topo
 
 # ---------------------------------------------------------------------------- drills
 async def test_drain_drill_moves_every_client_and_loses_nothing(topology):
-    """Drain one daphne while messages flow: all its clients move and resume exactly once."""
+    """Drain one ws process while messages flow: all its clients move and resume exactly once."""
     room = "drain-drill"
     clients = [client(topology, u, room) for u in USERS[:16]]
     await asyncio.gather(*(c.start() for c in clients))
@@ -219,8 +219,8 @@ async def test_drain_drill_moves_every_client_and_loses_nothing(topology):
     topology.wait_ready(60)
 
 
-async def test_kill_9_of_a_daphne_its_clients_resume_and_its_state_expires(topology):
-    """kill -9 a daphne: clients reconnect and resume; its presence and groups expire."""
+async def test_kill_9_of_a_websocket_process_its_clients_resume_and_its_state_expires(topology):
+    """kill -9 a WebSocket process: clients reconnect and resume; its presence and groups expire."""
     room = "kill-drill"
     clients = [client(topology, u, room) for u in USERS[:10]]
     await asyncio.gather(*(c.start() for c in clients))

@@ -525,3 +525,16 @@ async def test_heartbeat_gap_fill_and_live_delivery_never_duplicate(ws, make_use
         seqs.append((await b.recv_type("message"))["seq"])
     assert seqs == list(range(1, 11))
     assert await b.silent(0.3)
+
+
+async def test_the_handshake_headers_are_released_once_connected(ws, make_user):
+    """Every scope copy shares the header list; after connect() it is emptied in place."""
+    client = await ws("/ws/chat/lobby/", await make_user())
+    await client.recv_type("history_end")
+    for _ in range(100):  # the consumer registers itself right after its last join frame
+        if registry.consumers:
+            break
+        await asyncio.sleep(0.01)
+    (consumer,) = registry.consumers
+    assert consumer.scope["headers"] == []
+    assert consumer.scope["url_route"]["kwargs"]["room_name"] == "lobby"

@@ -49,16 +49,19 @@ class Mailbox:
     `idle` is true only while the consumer waits in `get()` with nothing pending: then no
     message it received earlier can still be on its way to its handler, so the reader may run
     the handler itself without overtaking anything (see ResilientRedisChannelLayer._deliver).
+    The deque exists only while messages are pending: an idle socket's mailbox is two slots.
     """
 
     __slots__ = ("items", "waiter")
 
     def __init__(self):
-        self.items: collections.deque = collections.deque()
+        self.items: collections.deque | None = None
         self.waiter: asyncio.Future | None = None
 
     def put(self, message) -> None:
         """Queue a message and wake the receiver."""
+        if self.items is None:
+            self.items = collections.deque()
         self.items.append(message)
         waiter = self.waiter
         if waiter is not None and not waiter.done():
@@ -72,7 +75,11 @@ class Mailbox:
                 await self.waiter
             finally:
                 self.waiter = None
-        return self.items.popleft()
+        items = self.items
+        message = items.popleft()
+        if not items:
+            self.items = None
+        return message
 
     def empty(self) -> bool:
         """Nothing pending."""

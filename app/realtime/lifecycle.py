@@ -1,7 +1,7 @@
 """Per-process services around the ASGI application: the canary and drain's handshake guard.
 
-daphne does not run ASGI lifespan events, so the services start on the first request a
-process serves (Kubernetes' first probe, or `make run`'s readiness wait).
+The services start on the ASGI lifespan's startup (uvicorn, the `ws` role's server) or, where
+no lifespan runs (daphne, `make dev`), on the first request the process serves.
 """
 
 import asyncio
@@ -43,7 +43,10 @@ class ProcessServices:
         self.loop: asyncio.AbstractEventLoop | None = None
 
     async def __call__(self, scope, receive, send):
-        """Serve one ASGI connection."""
+        """Serve one ASGI connection, or the lifespan of the process."""
+        if scope["type"] == "lifespan":
+            await self.lifespan(receive, send)
+            return
         loop = asyncio.get_running_loop()
         if self.loop is not loop:
             self.loop = loop
@@ -56,3 +59,21 @@ class ProcessServices:
             await send({"type": "websocket.close", "code": 1012})
             return
         await self.application(scope, receive, send)
+
+    async def lifespan(self, receive, send) -> None:
+        """ASGI lifespan: start the services at startup, stop the canary at shutdown."""
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    self.loop = asyncio.get_running_loop()
+                    start_services()
+                except Exception as error:  # the server then exits instead of serving
+                    await send({"type": "lifespan.startup.failed", "message": repr(error)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if _canary is not None:
+                    _canary.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return

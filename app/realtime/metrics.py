@@ -1,6 +1,6 @@
 """Every Prometheus metric chanfleet exports; names and labels are documented in docs/metrics.md.
 
-WebSocket (daphne) processes are single-process targets. HTTP (gunicorn) workers run with
+WebSocket (uvicorn) processes are single-process targets. HTTP (gunicorn) workers run with
 PROMETHEUS_MULTIPROC_DIR set, so prometheus-client aggregates their files on scrape.
 """
 

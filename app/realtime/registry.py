@@ -24,6 +24,23 @@ class Registry:
         self.draining = False
         self.retry_max_ms = 3000
         self._ticker: asyncio.Task | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._slots_loop: asyncio.AbstractEventLoop | None = None
+
+    def connect_slots(self) -> asyncio.Semaphore:
+        """The semaphore that bounds the handshakes this process works on at once.
+
+        In a reconnect storm (a drain, a failover) hundreds of handshakes arrive together.
+        Run all at once, each holds its history, user list and query results while the others
+        run, and the process keeps that peak as heap it cannot return (a third of its memory
+        per idle socket, measured in docs/benchmarks.md); one at a time per slot, they finish
+        sooner too. Waiting handshakes hold only their scope.
+        """
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._slots_loop is not loop:
+            self._slots = asyncio.Semaphore(max(1, settings.WS_CONNECT_CONCURRENCY))
+            self._slots_loop = loop
+        return self._slots
 
     def add(self, consumer) -> None:
         """Register an accepted consumer and make sure the heartbeat runs."""

@@ -1,6 +1,6 @@
 """The whole chanfleet topology on one machine, run by supervisor: `make run` and the tests.
 
-Redis master + replica + three sentinels, two daphne (ws) and two gunicorn (http) processes
+Redis master + replica + three sentinels, two uvicorn (ws) and two gunicorn (http) processes
 started through deploy/entrypoint.sh, nginx in front, and Prometheus with Debian's nginx and
 Redis exporters when they are installed. Everything lives under one state folder.
 """

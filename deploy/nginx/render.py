@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         action="append",
         required=True,
-        help="a daphne (WebSocket) port; repeat for each process",
+        help="a WebSocket (uvicorn) port; repeat for each process",
     )
     parser.add_argument(
         "--http",

@@ -6,7 +6,8 @@
 pub/sub subscription per room that has local members. A client's `message` frame is turned
 into one `message` frame, serialised once and PUBLISHed; the subscription reader hands the
 text to `websockets.broadcast`, which writes it to every local member without awaiting.
-Compression is off, as daphne (autobahn) declines permessage-deflate: the same bytes on the wire.
+Compression is off, as ours (WS_PER_MESSAGE_DEFLATE=0) and stock daphne decline permessage-deflate:
+the same bytes on the wire.
 """
 
 from __future__ import annotations

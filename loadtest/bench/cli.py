@@ -68,9 +68,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds to wait for other work on the machine to calm down")
     parser.add_argument("--max-foreign-busy", type=float, default=defaults.max_foreign_busy)
     parser.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
-                        help="py-spy ours' daphne processes at saturation for SECONDS")
+                        help="py-spy ours' WebSocket processes at saturation for SECONDS")
     parser.add_argument("--ours-ws-env", action="append", default=[], metavar="NAME=VALUE",
-                        help="extra environment for ours' daphne processes (A/B experiments)")
+                        help="extra environment for ours' WebSocket processes (A/B experiments)")
     parser.add_argument("--stock-max-connections", type=int, default=0,
                         help="raise the stock layer's redis-py pool limit (default: untouched)")
     return parser.parse_args(argv)

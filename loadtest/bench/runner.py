@@ -54,7 +54,7 @@ class Config:
     settle_timeout: float = 60.0
     max_foreign_busy: float = 0.35  # wait while other work keeps this share of the CPUs busy
     max_wait: float = 180.0
-    profile_seconds: float = 0.0  # > 0: py-spy both ours' daphne processes at saturation
+    profile_seconds: float = 0.0  # > 0: py-spy both ours' WebSocket processes at saturation
     profile_dir: Path = Path("build/bench")
     run_id: str = ""
 
@@ -366,7 +366,7 @@ class Scenario:
 
     # ------------------------------------------------------------------ profile
     def profile_phase(self) -> None:
-        """Send at the measured saturation rate while py-spy samples both daphne processes."""
+        """Send at the measured saturation rate while py-spy samples both WebSocket processes."""
         from .profile import record
 
         cfg = self.config

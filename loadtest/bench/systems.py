@@ -222,11 +222,11 @@ class Ours(System):
         self.topology.down()
 
     def ws_pids(self) -> list[int]:
-        """The daphne processes ws-1 and ws-2."""
+        """The WebSocket processes ws-1 and ws-2."""
         return [pid for pid in (self.topology.pid(n) for n in self.topology.ws_programs()) if pid]
 
     def restart_ws(self) -> None:
-        """Kill both daphne processes (supervisor restarts them) and wait until ready."""
+        """Kill both WebSocket processes (supervisor restarts them) and wait until ready."""
         old = self.ws_pids()
         for name in self.topology.ws_programs():
             self.topology.kill(name, signal.SIGKILL)
@@ -267,7 +267,7 @@ class Ours(System):
 
 
 # Run inside `manage.py shell` with the topology's environment: the same session engine,
-# cache and database as the daphne processes. It resolves the handshake's user the way
+# cache and database as the WebSocket processes. It resolves the handshake's user the way
 # channels.auth.AuthMiddleware does and lists the SQL it ran.
 _SESSION_CHECK = """
 import json

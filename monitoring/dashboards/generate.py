@@ -168,7 +168,7 @@ def _variables() -> list:
     instance = (
         dashboard.QueryVariable("instance")
         .label("Process")
-        .description("chanfleet processes (daphne and gunicorn) to show; Redis panels ignore it")
+        .description("chanfleet processes (WebSocket and HTTP) to show; Redis panels ignore it")
         .datasource(DATASOURCE)
         .query(f"label_values(up{{{SELECTORS['app']}}}, instance)")
         .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
@@ -215,7 +215,7 @@ def overview() -> dict:
     return _build(
         OVERVIEW,
         "Chanfleet / Overview",
-        "WebSocket (daphne) and HTTP (gunicorn) processes of chanfleet. Metrics: docs/metrics.md.",
+        "WebSocket (uvicorn) and HTTP (gunicorn) processes of chanfleet. Metrics: docs/metrics.md.",
         ["overview"],
         [
             ("Fleet", [
@@ -233,7 +233,7 @@ def overview() -> dict:
             ]),
             ("WebSocket connections", [
                 graph("Open WebSockets per process",
-                      "Open WebSocket connections in each daphne process.",
+                      "Open WebSocket connections in each WebSocket process.",
                       [(f"sum by (instance) (chanfleet_ws_connections{{{WS}}})", "{{instance}}")],
                       span=12),
                 graph("Connects and disconnects by close code",

@@ -1,0 +1,150 @@
+"""The WebSocket process's server: uvicorn with FanoutWebSocketProtocol, over real sockets."""
+
+import asyncio
+import contextlib
+import socket
+
+import pytest
+import uvicorn
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.http11 import Request
+
+from .wsserver import FanoutWebSocketProtocol, Flag, Inbox, config
+
+
+async def echo_app(scope, receive, send):
+    """A tiny ASGI app: refuse /refuse before accepting, close /restart with 1012, echo others."""
+    if scope["type"] != "websocket":
+        return
+    await receive()  # websocket.connect
+    if scope["path"] == "/refuse":
+        await send({"type": "websocket.close", "code": 1000})
+        return
+    await send({"type": "websocket.accept"})
+    if scope["path"] == "/restart":
+        await send({"type": "websocket.close", "code": 1012})
+        return
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        await send({"type": "websocket.send", "text": "echo:" + message["text"]})
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def serve(max_size: int = 1 << 20):
+    """Run echo_app under uvicorn with our protocol on a free loopback port."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(
+        echo_app, host="127.0.0.1", port=port, ws=FanoutWebSocketProtocol, lifespan="off",
+        ws_max_size=max_size, ws_per_message_deflate=False, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 (uvicorn offers a flag, not an event)
+        await asyncio.sleep(0.01)
+    try:
+        yield server, f"ws://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+def only_connection(server) -> FanoutWebSocketProtocol:
+    (protocol,) = server.server_state.connections
+    return protocol
+
+
+async def test_frames_flow_both_ways_and_the_handshake_is_forgotten():
+    """After the 101, neither uvicorn nor websockets' parser holds the upgrade request."""
+    async with serve() as (server, url):
+        async with connect(url + "/room", compression=None) as client:
+            await client.send("one")
+            assert await client.recv() == "echo:one"
+            protocol = only_connection(server)
+            assert protocol.request is None and protocol.response is None
+            parser_locals = protocol.conn.parser.gi_frame.f_locals.values()
+            assert not any(isinstance(value, Request) for value in parser_locals)
+            await client.send("two")
+            assert await client.recv() == "echo:two"
+
+
+async def test_the_application_close_code_reaches_the_client():
+    """Registered close codes such as 1012 (a drain) arrive as sent (daphne needed help)."""
+    async with serve() as (_, url):
+        async with connect(url + "/restart") as client:
+            with pytest.raises(ConnectionClosed) as closed:
+                await client.recv()
+    assert closed.value.rcvd.code == 1012
+
+
+async def test_a_refusal_before_accept_is_http_403():
+    """nginx's proxy_next_upstream retries a 403 on another process (the drain guard)."""
+    async with serve() as (_, url):
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(url + "/refuse"):
+                pass
+    assert refused.value.response.status_code == 403
+
+
+async def test_a_message_over_ws_max_size_is_closed_with_1009():
+    """WS_MAX_SIZE bounds what a client can make the server buffer."""
+    async with serve(max_size=1024) as (_, url):
+        async with connect(url + "/room", max_size=None) as client:
+            await client.send("x" * 2048)
+            with pytest.raises(ConnectionClosed) as closed:
+                await client.recv()
+    assert closed.value.rcvd.code == 1009
+
+
+async def test_deflate_is_declined_unless_asked_for(monkeypatch):
+    """Browsers offer permessage-deflate; each accepted socket would carry a compressor."""
+    monkeypatch.delenv("WS_PER_MESSAGE_DEFLATE", raising=False)
+    assert config().ws_per_message_deflate is False
+    monkeypatch.setenv("WS_PER_MESSAGE_DEFLATE", "1")
+    assert config().ws_per_message_deflate is True
+
+
+async def test_inbox_keeps_order_and_wakes_every_waiter():
+    """Inbox behaves as asyncio.Queue does for put_nowait/get/empty."""
+    inbox = Inbox()
+    first = asyncio.create_task(inbox.get())
+    second = asyncio.create_task(inbox.get())
+    await asyncio.sleep(0)
+    inbox.put_nowait("a")
+    inbox.put_nowait("b")
+    assert sorted(await asyncio.gather(first, second)) == ["a", "b"]
+    inbox.put_nowait("c")
+    inbox.put_nowait("d")
+    assert [await inbox.get(), await inbox.get()] == ["c", "d"]
+    assert inbox.empty()
+
+
+async def test_inbox_get_can_be_cancelled_without_losing_an_event():
+    """A cancelled receiver leaves the next event for the next get()."""
+    inbox = Inbox()
+    waiting = asyncio.create_task(inbox.get())
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    inbox.put_nowait("kept")
+    assert await asyncio.wait_for(inbox.get(), 1) == "kept"
+
+
+async def test_flag_waits_until_set_and_passes_while_set():
+    """Flag behaves as asyncio.Event does for set/clear/wait."""
+    flag = Flag()
+    waiter = asyncio.create_task(flag.wait())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    flag.set()
+    assert await asyncio.wait_for(waiter, 1) is True
+    assert await flag.wait() is True
+    flag.clear()
+    assert not flag.is_set()

@@ -1,0 +1,181 @@
+"""The WebSocket process's server: uvicorn with websockets' sans-I/O protocol, tuned for fan-out.
+
+`deploy/entrypoint.sh ws` runs `python -m app.realtime.wsserver`. Why uvicorn rather than
+daphne, measured with `make bench` on the same machine (docs/benchmarks.md): a delivery costs
+less than half the CPU (asyncio transports write at once; daphne's frames go through autobahn
+and a Twisted reactor on top of asyncio), handshakes run about twice as fast, and the process
+serves ASGI lifespan events, so its services start before the first probe. daphne stays
+available with `WS_SERVER=daphne` (app/realtime/daphne_compat.py).
+
+Environment (all optional): PORT, BIND, WS_PING_INTERVAL (20 s), WS_PING_TIMEOUT (30 s),
+WS_MAX_SIZE (1 MiB, larger messages are closed with 1009), WS_PER_MESSAGE_DEFLATE (0),
+FORWARDED_ALLOW_IPS (`*`: nginx is the only way in), WS_GRACEFUL_SHUTDOWN (10 s).
+"""
+
+import asyncio
+import os
+
+import uvicorn
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import Protocol
+
+
+class Inbox:
+    """The part of asyncio.Queue uvicorn uses for a socket's ASGI events, without its deques.
+
+    asyncio.Queue allocates three deques (about 2 KiB) per socket; an idle socket never has
+    more than one event pending and one receiver waiting.
+    """
+
+    __slots__ = ("_items", "_waiters")
+
+    def __init__(self):
+        self._items: list = []
+        self._waiters: list[asyncio.Future] | None = None
+
+    def put_nowait(self, item) -> None:
+        """Queue an event and wake the receivers."""
+        self._items.append(item)
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def get(self):
+        """The next event, waiting for one if needed."""
+        while not self._items:
+            waiter = asyncio.get_running_loop().create_future()
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if self._waiters is not None and waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        return self._items.pop(0)
+
+    def empty(self) -> bool:
+        """Nothing pending."""
+        return not self._items
+
+    def qsize(self) -> int:
+        """Events pending."""
+        return len(self._items)
+
+
+class Flag:
+    """The part of asyncio.Event uvicorn uses for write back-pressure, without its deque."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self):
+        self._set = False
+        self._waiters: list[asyncio.Future] | None = None
+
+    def is_set(self) -> bool:
+        """Whether the flag is set."""
+        return self._set
+
+    def set(self) -> None:
+        """Set the flag and wake every waiter."""
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(True)
+
+    def clear(self) -> None:
+        """Clear the flag."""
+        self._set = False
+
+    async def wait(self) -> bool:
+        """Return at once if set, else when set."""
+        if self._set:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+
+class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol that forgets the handshake once it is answered.
+
+    The parsed upgrade request and its response (header multidicts, 6-7 KiB) stay referenced
+    for the connection's whole life although nothing reads them after the 101 went out: uvicorn
+    keeps both as attributes, and websockets' server parser keeps the request as a local of its
+    generator, which then parses every frame. An idle socket is largely such leftovers. Its
+    event queue and back-pressure event are swapped for equivalents without deques.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.request = None
+        self.response = None
+        # Same behaviour, a few hundred bytes instead of 3 KiB per socket.
+        self.queue = Inbox()
+        self.writable = Flag()
+        self.writable.set()
+
+    def handle_connect(self, event) -> None:
+        """Start the ASGI application for an upgrade request; parse frames without it."""
+        super().handle_connect(event)
+        conn = self.conn
+        if not conn.reader.buffer and not conn.reader.eof:
+            # At a frame boundary with nothing buffered, websockets' base frame parser is
+            # exactly where the server's parser now stands, minus the request it holds.
+            conn.parser = Protocol.parse(conn)
+            next(conn.parser)
+
+    async def send(self, message) -> None:
+        """Send an ASGI message; after the handshake is answered, drop its request and response."""
+        await super().send(message)
+        if self.handshake_complete and self.response is not None:
+            self.request = None
+            self.response = None
+
+
+def _flag(name: str, default: str) -> bool:
+    return os.environ.get(name, default).strip().lower() in ("1", "true", "yes", "on")
+
+
+def config() -> uvicorn.Config:
+    """The uvicorn configuration of a WebSocket process, from the environment."""
+    return uvicorn.Config(
+        "app.asgi:application",
+        host=os.environ.get("BIND", "0.0.0.0"),
+        port=int(os.environ.get("PORT", "8000")),
+        ws=FanoutWebSocketProtocol,
+        # Deflate costs a compressor per socket (~40 KiB at uvicorn's 12 window bits) and one
+        # compression per member per broadcast; chat frames are a few hundred bytes. Browsers
+        # offer it; declining is what daphne always did.
+        ws_per_message_deflate=_flag("WS_PER_MESSAGE_DEFLATE", "0"),
+        # Protocol pings find dead TCP peers (a laptop lid closed) that never send a close
+        # frame; the app heartbeat (25 s) is separate.
+        ws_ping_interval=float(os.environ.get("WS_PING_INTERVAL", "20")),
+        ws_ping_timeout=float(os.environ.get("WS_PING_TIMEOUT", "30")),
+        ws_max_size=int(os.environ.get("WS_MAX_SIZE", str(1 << 20))),
+        proxy_headers=True,
+        forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "*"),
+        # Lifespan starts the canary before the first request and fails the process if the
+        # application cannot start.
+        lifespan="on",
+        http="h11",
+        access_log=False,
+        timeout_graceful_shutdown=float(os.environ.get("WS_GRACEFUL_SHUTDOWN", "10")),
+    )
+
+
+def main() -> None:
+    """Serve the ASGI application until SIGTERM (after a drain) or SIGINT."""
+    uvicorn.Server(config()).run()
+
+
+if __name__ == "__main__":
+    main()

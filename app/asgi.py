@@ -16,7 +16,7 @@ from app.realtime.handshake import WebSocketAuth  # noqa: E402
 from app.realtime.lifecycle import ProcessServices  # noqa: E402
 
 if "daphne.server" in sys.modules:
-    # Served by daphne (WS_SERVER=daphne, make dev): its close codes and writes need help.
+    # Served by daphne (WS_SERVER=daphne): its close codes and writes need help.
     from app.realtime import daphne_compat
 
     daphne_compat.install()

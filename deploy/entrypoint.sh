@@ -8,7 +8,8 @@
 #   entrypoint.sh drain     ask the local ws process to drain and wait (Kubernetes preStop)
 #
 # Environment: PORT (default 8000), BIND (default 0.0.0.0), plus the app's settings
-# (.env.example). Extra arguments are passed to the server.
+# (.env.example). Extra arguments are passed to gunicorn, daphne or migrate; the uvicorn ws server
+# is configured by the environment only and refuses them.
 set -o errexit -o pipefail -o nounset
 
 cd "$(dirname "$0")/.."
@@ -42,7 +43,7 @@ case "$role" in
         --application-close-timeout 10 \
         "$@" app.asgi:application
     fi
-    exec python -m app.realtime.wsserver
+    exec python -m app.realtime.wsserver "$@"  # refuses arguments: uvicorn reads the environment
     ;;
   migrate)
     export CHANFLEET_ROLE=migrate

@@ -26,6 +26,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio.sentinel import SentinelConnectionPool
 
 from . import metrics
+from .waitqueue import WaitQueue
 
 logger = logging.getLogger(__name__)
 
@@ -43,53 +44,15 @@ class LayerUnavailable(Exception):
     """The channel layer could not reach Redis within its retry window."""
 
 
-class Mailbox:
-    """A process-local channel's pending messages and its one waiting receiver.
+class Mailbox(WaitQueue):
+    """A process-local channel's pending messages and its waiting receiver.
 
     `idle` is true only while the consumer waits in `get()` with nothing pending: then no
     message it received earlier can still be on its way to its handler, so the reader may run
     the handler itself without overtaking anything (see ResilientRedisChannelLayer._deliver).
-    The deque exists only while messages are pending: an idle socket's mailbox is two slots.
     """
 
-    __slots__ = ("items", "waiter")
-
-    def __init__(self):
-        self.items: collections.deque | None = None
-        self.waiter: asyncio.Future | None = None
-
-    def put(self, message) -> None:
-        """Queue a message and wake the receiver."""
-        if self.items is None:
-            self.items = collections.deque()
-        self.items.append(message)
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def get(self):
-        """The next message, waiting for one if needed."""
-        while not self.items:
-            self.waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
-        items = self.items
-        message = items.popleft()
-        if not items:
-            self.items = None
-        return message
-
-    def empty(self) -> bool:
-        """Nothing pending."""
-        return not self.items
-
-    @property
-    def idle(self) -> bool:
-        """The receiver waits and nothing is pending or on its way to it."""
-        waiter = self.waiter
-        return not self.items and waiter is not None and not waiter.done()
+    __slots__ = ()
 
 
 class ResilientRedisChannelLayer(RedisChannelLayer):

@@ -1,7 +1,7 @@
 """Per-process services around the ASGI application: the canary and drain's handshake guard.
 
-The services start on the ASGI lifespan's startup (uvicorn, the `ws` role's server) or, where
-no lifespan runs (daphne, `make dev`), on the first request the process serves.
+The services start on the ASGI lifespan's startup (uvicorn: the `ws` role and `make dev`) or,
+where no lifespan runs (daphne, `WS_SERVER=daphne`), on the first request the process serves.
 """
 
 import asyncio

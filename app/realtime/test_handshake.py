@@ -68,8 +68,7 @@ async def test_a_foreign_or_missing_origin_is_denied_before_the_app_runs():
 
 async def test_no_more_than_ws_connect_concurrency_handshakes_run_at_once(settings):
     """A reconnect storm is worked through a few handshakes at a time, in arrival order."""
-    settings.WS_CONNECT_CONCURRENCY = 2
-    registry._slots = None
+    settings.WS_CONNECT_CONCURRENCY = 2  # read when this test's event loop first asks
     running, peak, order = 0, 0, []
 
     async def handshake(number):
@@ -84,7 +83,6 @@ async def test_no_more_than_ws_connect_concurrency_handshakes_run_at_once(settin
     await asyncio.gather(*(handshake(n) for n in range(10)))
     assert peak == 2
     assert order == list(range(10))
-    registry._slots = None
 
 
 async def test_lifespan_starts_the_services_and_stops_the_canary(settings, monkeypatch):

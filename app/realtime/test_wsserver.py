@@ -10,7 +10,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.http11 import Request
 
-from .wsserver import FanoutWebSocketProtocol, Flag, Inbox, config
+from .wsserver import FanoutWebSocketProtocol, Flag, config
 
 
 async def echo_app(scope, receive, send):
@@ -108,33 +108,6 @@ async def test_deflate_is_declined_unless_asked_for(monkeypatch):
     assert config().ws_per_message_deflate is False
     monkeypatch.setenv("WS_PER_MESSAGE_DEFLATE", "1")
     assert config().ws_per_message_deflate is True
-
-
-async def test_inbox_keeps_order_and_wakes_every_waiter():
-    """Inbox behaves as asyncio.Queue does for put_nowait/get/empty."""
-    inbox = Inbox()
-    first = asyncio.create_task(inbox.get())
-    second = asyncio.create_task(inbox.get())
-    await asyncio.sleep(0)
-    inbox.put_nowait("a")
-    inbox.put_nowait("b")
-    assert sorted(await asyncio.gather(first, second)) == ["a", "b"]
-    inbox.put_nowait("c")
-    inbox.put_nowait("d")
-    assert [await inbox.get(), await inbox.get()] == ["c", "d"]
-    assert inbox.empty()
-
-
-async def test_inbox_get_can_be_cancelled_without_losing_an_event():
-    """A cancelled receiver leaves the next event for the next get()."""
-    inbox = Inbox()
-    waiting = asyncio.create_task(inbox.get())
-    await asyncio.sleep(0)
-    waiting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiting
-    inbox.put_nowait("kept")
-    assert await asyncio.wait_for(inbox.get(), 1) == "kept"
 
 
 async def test_flag_waits_until_set_and_passes_while_set():

@@ -14,54 +14,13 @@ FORWARDED_ALLOW_IPS (`*`: nginx is the only way in), WS_GRACEFUL_SHUTDOWN (10 s)
 
 import asyncio
 import os
+import sys
 
 import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import Protocol
 
-
-class Inbox:
-    """The part of asyncio.Queue uvicorn uses for a socket's ASGI events, without its deques.
-
-    asyncio.Queue allocates three deques (about 2 KiB) per socket; an idle socket never has
-    more than one event pending and one receiver waiting.
-    """
-
-    __slots__ = ("_items", "_waiters")
-
-    def __init__(self):
-        self._items: list = []
-        self._waiters: list[asyncio.Future] | None = None
-
-    def put_nowait(self, item) -> None:
-        """Queue an event and wake the receivers."""
-        self._items.append(item)
-        waiters, self._waiters = self._waiters, None
-        for waiter in waiters or ():
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def get(self):
-        """The next event, waiting for one if needed."""
-        while not self._items:
-            waiter = asyncio.get_running_loop().create_future()
-            if self._waiters is None:
-                self._waiters = []
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if self._waiters is not None and waiter in self._waiters:
-                    self._waiters.remove(waiter)
-        return self._items.pop(0)
-
-    def empty(self) -> bool:
-        """Nothing pending."""
-        return not self._items
-
-    def qsize(self) -> int:
-        """Events pending."""
-        return len(self._items)
+from .waitqueue import WaitQueue
 
 
 class Flag:
@@ -118,8 +77,8 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
         super().__init__(*args, **kwargs)
         self.request = None
         self.response = None
-        # Same behaviour, a few hundred bytes instead of 3 KiB per socket.
-        self.queue = Inbox()
+        # The same behaviour without asyncio.Queue's and asyncio.Event's deques (about 3 KiB).
+        self.queue = WaitQueue()
         self.writable = Flag()
         self.writable.set()
 
@@ -133,12 +92,14 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
             conn.parser = Protocol.parse(conn)
             next(conn.parser)
 
-    async def send(self, message) -> None:
-        """Send an ASGI message; after the handshake is answered, drop its request and response."""
-        await super().send(message)
-        if self.handshake_complete and self.response is not None:
-            self.request = None
-            self.response = None
+    def start_keepalive(self) -> None:
+        """Called once, right after the 101 went out: forget the handshake, then start pings.
+
+        Done here rather than in `send`, which runs once per delivered frame.
+        """
+        self.request = None
+        self.response = None
+        super().start_keepalive()
 
 
 def _flag(name: str, default: str) -> bool:
@@ -152,9 +113,10 @@ def config() -> uvicorn.Config:
         host=os.environ.get("BIND", "0.0.0.0"),
         port=int(os.environ.get("PORT", "8000")),
         ws=FanoutWebSocketProtocol,
-        # Deflate costs a compressor per socket (~40 KiB at uvicorn's 12 window bits) and one
-        # compression per member per broadcast; chat frames are a few hundred bytes. Browsers
-        # offer it; declining is what daphne always did.
+        # Deflate keeps a compressor per socket (by zlib's formula about 32 KiB at uvicorn's 12
+        # window bits and memLevel 5, plus the inflater; not measured here) and compresses once
+        # per member per broadcast; chat frames are a few hundred bytes. Browsers offer it;
+        # declining is what daphne always did.
         ws_per_message_deflate=_flag("WS_PER_MESSAGE_DEFLATE", "0"),
         # Protocol pings find dead TCP peers (a laptop lid closed) that never send a close
         # frame; the app heartbeat (25 s) is separate.
@@ -172,10 +134,13 @@ def config() -> uvicorn.Config:
     )
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     """Serve the ASGI application until SIGTERM (after a drain) or SIGINT."""
+    if argv:
+        sys.exit("app.realtime.wsserver takes no arguments; it is configured by the "
+                 "environment (see its docstring and .env.example)")
     uvicorn.Server(config()).run()
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -200,7 +200,11 @@ async def test_drain_drill_moves_every_client_and_loses_nothing(topology):
     sending = asyncio.create_task(sender.run(120))
     await asyncio.sleep(1)
     drained_at = time.monotonic()
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/internal/drain", method="POST")
+    # exit=0: the drained process stays up, refusing handshakes, for the whole reconnect
+    # window. With its default exit it is restarted on the same port within that window, and
+    # a late client may rightly land on the fresh process, which this drill cannot tell apart.
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/internal/drain?exit=0",
+                                     method="POST")
     await asyncio.to_thread(urllib.request.urlopen, request, None, 5)
     await sending
     last = await settle(clients, topology, room, 120, timeout=30)
@@ -216,6 +220,7 @@ async def test_drain_drill_moves_every_client_and_loses_nothing(topology):
     assert all(c.connections[1].opened_at - drained_at < 3 + 3.5 for c in on_target)
     assert sum(len(c.dropped()) for c in clients) == 0
     assert_exactly_once_in_order(clients, last)
+    topology.kill(topology.ws_programs()[topology.ports.ws.index(port)], signal.SIGTERM)
     topology.wait_ready(60)
 
 

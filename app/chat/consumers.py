@@ -312,6 +312,28 @@ class ChatConsumer(RealtimeConsumer):
             await self.send_text(event["text"], event["kind"])
             self.next_seq = seq + 1
 
+    def deliver_now(self, event) -> bool:
+        """Write a room event or notice at once when it is the next thing this socket gets.
+
+        A room event out of sequence, or one arriving while a gap fill holds `delivery`,
+        is left to `dispatch` (room_event), which fills the gap first.
+        """
+        kind = event["type"]
+        if kind == "room.event" and not self.busy:
+            seq = event["seq"]
+            if seq > self.next_seq or self.delivery.locked():
+                return False
+            if seq == self.next_seq:
+                if not self.write_now(event["text"], event["kind"]):
+                    return False
+                self.next_seq = seq + 1
+            return True  # seq below next_seq: already delivered (history, replay, gap fill)
+        if kind == "room.notice" and not self.busy:
+            if event.get("skip_user") == self.user.pk:
+                return True
+            return self.write_now(event["text"], event["kind"])
+        return super().deliver_now(event)
+
     def direct_ok(self, message) -> bool:
         """Room events go direct only in sequence and while no gap fill holds `delivery`."""
         if not super().direct_ok(message):
@@ -447,10 +469,6 @@ class NotificationConsumer(RealtimeConsumer):
             "type": "notifications_list", "notifications": items, "client_id": data.get("id"),
         })
 
-    async def stream_event(self, event):
-        """Forward a pre-serialised frame (notification or count update)."""
-        await self.send_text(event["text"], event["kind"])
-
 
 class LiveUpdateConsumer(RealtimeConsumer):
     """Named topics a client subscribes to; the server publishes with publish_live_update."""
@@ -501,10 +519,6 @@ class LiveUpdateConsumer(RealtimeConsumer):
         """One group per subscribed topic."""
         return [topic_group(t) for t in getattr(self, "topics", ())]
 
-    async def stream_event(self, event):
-        """Forward a published update."""
-        await self.send_text(event["text"], event["kind"])
-
 
 class UserConsumer(RealtimeConsumer):
     """The per-user event stream; only that user (or staff) may open it."""
@@ -527,7 +541,3 @@ class UserConsumer(RealtimeConsumer):
         """Leave the stream group."""
         for group in self.groups:
             await self.channel_layer.group_discard(group, self.channel_name)
-
-    async def stream_event(self, event):
-        """Forward an event of the user's stream."""
-        await self.send_text(event["text"], event["kind"])

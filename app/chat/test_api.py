@@ -66,6 +66,8 @@ def test_login_with_wrong_types_is_400(alice):
     assert post(client, "/api/login", {"username": 1, "password": []}, token).status_code == 400
     assert client.post("/api/login", "[1]", content_type="application/json",
                        HTTP_X_CSRFTOKEN=token).status_code == 400
+    response = post(client, "/api/login", {"username": "al\x00ice", "password": "pw"}, token)
+    assert (response.status_code, response.json()["field"]) == (400, "username")
 
 
 def test_logout_ends_the_session(alice):
@@ -103,6 +105,7 @@ def test_create_and_list_rooms(alice):
     ({"name": "ok", "max_users": "5"}, "max_users"),
     ({"name": "ok", "is_private": "yes"}, "is_private"),
     ({"name": "ok", "display_name": 5}, "display_name"),
+    ({"name": "ok", "description": "a\x00b"}, "description"),
 ])
 def test_room_creation_validates_fields(alice, data, field):
     """Bad room fields are 400 invalid_field naming the field; nothing is created."""
@@ -194,6 +197,7 @@ def test_plain_users_cannot_send_notifications(alice):
     ({"user_id": 1, "title": "", "message": ""}, "title"),
     ({"user_id": 1, "title": "t", "message": 3}, "message"),
     ({"user_id": 1, "title": "t", "message": "", "category": "spam"}, "category"),
+    ({"user_id": 1, "title": "t\x00", "message": ""}, "title"),
 ])
 def test_notification_send_validates(staff, data, field):
     """Bad notification fields are 400 naming the field; nothing is stored."""

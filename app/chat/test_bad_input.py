@@ -32,6 +32,12 @@ BAD_FRAMES = [
     ('{"type": "typing", "is_typing": "yes"}', "invalid_field", "is_typing"),
     ('{"type": "status", "status": "asleep"}', "invalid_field", "status"),
     ('{"type": "status"}', "invalid_field", "status"),
+    # PostgreSQL cannot store U+0000; it is refused before anything is stored, on SQLite too.
+    ('{"type": "message", "message": "a\\u0000b"}', "invalid_field", "message"),
+    ('{"type": "message", "message": "x", "id": "\\u0000"}', "invalid_field", "id"),
+    ('{"type": "reaction", "message_id": 1, "emoji": "\\u0000"}', "invalid_field", "emoji"),
+    ('{"type": "status", "status": "away", "custom_message": "\\u0000"}',
+     "invalid_field", "custom_message"),
 ]
 
 

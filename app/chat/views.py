@@ -13,6 +13,8 @@ from django.utils.crypto import constant_time_compare
 from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from app.realtime.errors import ProtocolError, nul_field
+
 from . import services
 from .models import ChatRoom, Notification
 from .presence import room_user_ids
@@ -27,10 +29,16 @@ def error(status: int, code: str, message: str, **extra) -> JsonResponse:
 
 
 def body(request: HttpRequest) -> dict:
-    """Parse a JSON object body, or raise ValueError."""
-    data = json.loads(request.body or b"{}")
+    """Parse a JSON object body, or raise ProtocolError (`invalid_json`, `invalid_field`)."""
+    try:
+        data = json.loads(request.body or b"{}")
+    except ValueError:
+        data = None
     if not isinstance(data, dict):
-        raise ValueError("not an object")
+        raise ProtocolError("invalid_json", "send a JSON object")
+    name = nul_field(data)
+    if name is not None:
+        raise ProtocolError("invalid_field", "text may not contain U+0000", field=name)
     return data
 
 
@@ -80,8 +88,8 @@ def api_login(request):
     """Log in with {"username", "password"}; sets the session cookie."""
     try:
         data = body(request)
-    except ValueError:
-        return error(400, "invalid_json", "send a JSON object")
+    except ProtocolError as problem:
+        return error(400, problem.code, str(problem), **problem.extra)
     username, password = data.get("username"), data.get("password")
     if not isinstance(username, str) or not isinstance(password, str):
         return error(400, "invalid_field", "username and password are required")
@@ -119,8 +127,8 @@ def rooms(request):
         return JsonResponse({"rooms": items})
     try:
         data = body(request)
-    except ValueError:
-        return error(400, "invalid_json", "send a JSON object")
+    except ProtocolError as problem:
+        return error(400, problem.code, str(problem), **problem.extra)
     name = data.get("name")
     if not isinstance(name, str) or not services.valid_room_name(name):
         return error(400, "invalid_field", "name: 1-100 of A-Z a-z 0-9 _ . -", field="name")
@@ -234,8 +242,8 @@ def send_notification(request):
             return error(403, "csrf", "CSRF token missing or wrong")
     try:
         data = body(request)
-    except ValueError:
-        return error(400, "invalid_json", "send a JSON object")
+    except ProtocolError as problem:
+        return error(400, problem.code, str(problem), **problem.extra)
     user_id, title, message = data.get("user_id"), data.get("title"), data.get("message")
     category = data.get("category", "general")
     if not isinstance(user_id, int) or isinstance(user_id, bool):

@@ -19,7 +19,7 @@ from django.utils.functional import empty
 from redis.exceptions import RedisError
 
 from . import metrics
-from .errors import ProtocolError
+from .errors import ProtocolError, nul_field
 from .layer import LayerUnavailable
 from .ratelimit import Rate
 from .registry import registry
@@ -106,6 +106,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         self.user = None
         self.busy = 0  # handlers running other than fan-out events
         self._raw_send = None  # the server's send, under channels' session wrapper
+        self._writer = None  # the server's synchronous text writer, or False (see write_now)
 
     # ------------------------------------------------------------------ dispatch
     async def dispatch(self, message):
@@ -245,6 +246,11 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             raise ProtocolError("invalid_json", "the frame is not valid JSON") from None
         if not isinstance(data, dict):
             raise ProtocolError("not_an_object", "a frame must be a JSON object")
+        # JSON text can carry U+0000 only as the escape, so most frames skip the walk.
+        if "\\u0000" in text_data:
+            name = nul_field(data)
+            if name is not None:
+                raise ProtocolError("invalid_field", "text may not contain U+0000", field=name)
         client_id = data.get("id")
         if client_id is not None and not (
             (isinstance(client_id, str) and len(client_id) <= 64)
@@ -264,23 +270,58 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         metrics.MESSAGES_SENT.labels(self.route, frame["type"]).inc()
         await self.send(text_data=json.dumps(frame, separators=(",", ":")))
 
-    async def send_text(self, text: str, kind: str) -> None:
-        """Send an already serialised frame (fan-out path: once per member per broadcast).
-
-        Two per-frame costs are skipped: prometheus' `labels()` lookup (the labelled counter
-        is cached) and channels' session wrapper around `send`, which reads the lazy session
-        on every message although it only ever saves it on `http.response.start`.
-        """
-        counter = _SENT.get((self.route, kind))
-        if counter is None:
-            counter = _SENT[(self.route, kind)] = metrics.MESSAGES_SENT.labels(self.route, kind)
-        counter.inc()
+    def _server_send(self):
+        # The server's own send under channels' session wrapper, which reads the lazy session
+        # on every message although it only ever saves it on `http.response.start`.
         send = self._raw_send
         if send is None:
             owner = getattr(self.base_send, "__self__", None)
             send = owner.real_send if isinstance(owner, InstanceSessionWrapper) else self.base_send
             self._raw_send = send
-        await send({"type": "websocket.send", "text": text})
+        return send
+
+    def _count_sent(self, kind: str) -> None:
+        # prometheus' labels() lookup costs more than the increment; the child is cached.
+        counter = _SENT.get((self.route, kind))
+        if counter is None:
+            counter = _SENT[(self.route, kind)] = metrics.MESSAGES_SENT.labels(self.route, kind)
+        counter.inc()
+
+    async def send_text(self, text: str, kind: str) -> None:
+        """Send an already serialised frame (fan-out path: once per member per broadcast)."""
+        self._count_sent(kind)
+        await self._server_send()({"type": "websocket.send", "text": text})
+
+    def write_now(self, text: str, kind: str) -> bool:
+        """Write an already serialised frame synchronously, if the server can; else False.
+
+        uvicorn's protocol under app/realtime/wsserver.py can (`write_text`): a broadcast then
+        costs each member no coroutine, no ASGI event dict and no framing of its own. Under
+        daphne, or when the socket is closing or paused, the caller uses `send_text`.
+        """
+        writer = self._writer
+        if writer is None:
+            owner = getattr(self._server_send(), "__self__", None)
+            writer = self._writer = getattr(owner, "write_text", False)
+        if not writer or not writer(text):
+            return False
+        self._count_sent(kind)
+        return True
+
+    def deliver_now(self, event) -> bool:
+        """Handle a fan-out event at once, synchronously, if nothing may come before it.
+
+        Called by the channel layer's reader while this consumer waits idle (see
+        ResilientRedisChannelLayer._deliver). False leaves the event to `dispatch`. Routes with
+        their own fan-out events extend this.
+        """
+        if self.busy or event["type"] != "stream.event":
+            return False
+        return self.write_now(event["text"], event["kind"])
+
+    async def stream_event(self, event):
+        """Forward a pre-serialised stream frame (a notification, count, live or user update)."""
+        await self.send_text(event["text"], event["kind"])
 
     async def send_error(self, code: str, message: str, client_id=None, **extra) -> None:
         """Send the protocol's error frame."""

@@ -159,7 +159,8 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
     def register_consumer(self, channel: str, consumer) -> None:
         """Let the reader run this consumer's fan-out handlers itself while it is idle.
 
-        The consumer provides `direct_ok(message) -> bool` and `dispatch(message)`.
+        The consumer provides `deliver_now(message) -> bool`, `direct_ok(message) -> bool`
+        and `dispatch(message)`.
         """
         self._consumers[channel] = consumer
 
@@ -217,9 +218,11 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
 
         A group send reaches every local member at once. Queued, each member pays a wake-up of
         its receive task and a round of channels' dispatch loop (several task steps and an
-        asyncio.wait) before its frame is written. A registered consumer that waits idle and
-        accepts the event (`direct_ok`: a fan-out handler that only writes pre-serialised
-        text, nothing else of it running) has the handler run here instead, in arrival order.
+        asyncio.wait) before its frame is written. A registered consumer that waits idle
+        writes the event here instead, in arrival order: synchronously when it can
+        (`deliver_now`: the frame is the next thing for the socket and the server writes at
+        once), else by running its handler (`direct_ok`: a fan-out handler that only writes
+        pre-serialised text, nothing else of it running).
         """
         queues = self._queues
         consumers = self._consumers
@@ -228,12 +231,16 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
             if queue is None:
                 continue
             consumer = consumers.get(name)
-            if consumer is not None and queue.idle and consumer.direct_ok(message):
+            if consumer is not None and queue.idle:
                 try:
-                    await consumer.dispatch(message)
+                    if consumer.deliver_now(message):
+                        continue
+                    if consumer.direct_ok(message):
+                        await consumer.dispatch(message)
+                        continue
                 except Exception:
                     logger.exception("direct delivery to %s failed", name)
-                continue
+                    continue
             queue.put(message)
 
     async def _watch_master(self, interval: float = 1.0) -> None:

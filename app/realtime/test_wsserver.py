@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import gc
 import socket
 
 import pytest
@@ -10,7 +11,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.http11 import Request
 
-from .wsserver import FanoutWebSocketProtocol, Flag, config
+from .wsserver import FanoutWebSocketProtocol, Flag, config, tune_gc
 
 
 async def echo_app(scope, receive, send):
@@ -121,3 +122,75 @@ async def test_flag_waits_until_set_and_passes_while_set():
     assert await flag.wait() is True
     flag.clear()
     assert not flag.is_set()
+
+
+async def fanout_app(scope, receive, send):
+    """Accept, then idle until the client leaves: the test writes to it through write_text."""
+    if scope["type"] != "websocket":
+        return
+    await receive()
+    await send({"type": "websocket.accept"})
+    while (await receive())["type"] != "websocket.disconnect":
+        pass
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app, deflate: bool = False):
+    """Run an ASGI app under uvicorn with our protocol on a free loopback port."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(
+        app, host="127.0.0.1", port=port, ws=FanoutWebSocketProtocol, lifespan="off",
+        ws_per_message_deflate=deflate, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 (uvicorn offers a flag, not an event)
+        await asyncio.sleep(0.01)
+    try:
+        yield server, f"ws://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+async def test_write_text_frames_a_broadcast_once_for_every_member():
+    """One str written to several sockets is framed once; each client reads the same text."""
+    async with serve_app(fanout_app) as (server, url):
+        async with connect(url, compression=None) as a, connect(url, compression=None) as b:
+            await asyncio.sleep(0.05)
+            protocols = list(server.server_state.connections)
+            text = "".join(["héllo ", "wörld"])  # built at run time: a fresh str object
+            assert all(protocol.write_text(text) for protocol in protocols)
+            assert FanoutWebSocketProtocol._last_frame[0] is text
+            assert [await a.recv(), await b.recv()] == [text, text]
+            assert all(protocol.write_text("next") for protocol in protocols)
+            assert [await a.recv(), await b.recv()] == ["next", "next"]
+
+
+async def test_write_text_leaves_compressed_and_closing_sockets_to_send():
+    """With permessage-deflate, or once closing, write_text declines and writes nothing."""
+    async with serve_app(fanout_app, deflate=True) as (server, url):
+        async with connect(url, compression="deflate") as client:
+            await asyncio.sleep(0.05)
+            assert only_connection(server).write_text("x") is False
+        async with connect(url, compression=None) as client:
+            await asyncio.sleep(0.05)
+            protocol = only_connection(server)
+            protocol.close_sent = True
+            assert protocol.write_text("x") is False
+            protocol.close_sent = False
+            protocol.writable.clear()  # paused: the client reads too slowly
+            assert protocol.write_text("x") is False
+            protocol.writable.set()
+            assert protocol.write_text("y") is True
+            assert await client.recv() == "y"
+
+
+def test_tune_gc_freezes_startup_objects_and_collects_young_ones_less_often():
+    """What exists before serving is frozen; gen-0 collections are ten times rarer."""
+    threshold = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold()[0] == 7000
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)

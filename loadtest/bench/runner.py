@@ -72,13 +72,18 @@ def rooms_for(config: Config, size: int) -> int:
 
 def build_specs(config: Config, system: System, size: int, cookies: list[str],
                 workers: int) -> list[Spec]:
-    """One spec per socket; the sender of room r is socket 0 and lives on worker r % W."""
+    """One spec per socket; the sender of room r is socket 0 and lives on worker r % W.
+
+    Room r's sender signs in as user r (modulo the users), so senders are different users:
+    nginx hashes on the session cookie, and one user sending to every room would put every
+    room's writes on the same WebSocket process.
+    """
     specs = []
     cid = 0
     for room in range(rooms_for(config, size)):
         url = f"{system.ws_url}/ws/chat/bench-{config.run_id}-{size}-{room}/"
         for member in range(size):
-            cookie = cookies[(room * size + member) % len(cookies)]
+            cookie = cookies[(room if member == 0 else room * size + member) % len(cookies)]
             local = f"127.0.0.{2 + cid % config.source_addrs}" if config.source_addrs else None
             specs.append(Spec(cid=cid, url=url, headers=system.headers(cookie), room=room,
                               sender=member == 0, local_host=local,

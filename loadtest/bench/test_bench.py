@@ -27,7 +27,7 @@ OFFSET = 5500
 
 
 def test_rooms_and_specs_spread_senders_over_workers(tmp_path):
-    """One sender per room, senders on different workers, every socket in its room."""
+    """One sender per room, senders on different workers and users, every socket in its room."""
     config = Config(budget=100, run_id="t", source_addrs=4)
     system = Ceiling(tmp_path, 14100)
     specs = build_specs(config, system, 20, system.cookies(3), workers=3)
@@ -35,6 +35,7 @@ def test_rooms_and_specs_spread_senders_over_workers(tmp_path):
     senders = [s for s in specs if s.sender]
     assert len(senders) == 5
     assert {s.worker for s in senders} == {0, 1, 2}
+    assert len({dict(s.headers)["Cookie"] for s in senders}) == 3
     assert len({s.url for s in specs}) == 5
     assert {s.local_host for s in specs} == {f"127.0.0.{i}" for i in range(2, 6)}
     assert rooms_for(config, 5000) == 1

@@ -13,6 +13,7 @@ from channels.consumer import get_handler_name
 from channels.db import aclose_old_connections
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from channels.sessions import InstanceSessionWrapper
 from django.conf import settings
 from django.utils.functional import empty
@@ -23,6 +24,7 @@ from .errors import ProtocolError, nul_field
 from .layer import LayerUnavailable
 from .ratelimit import Rate
 from .registry import registry
+from .waitqueue import WaitQueue
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +111,30 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         self._writer = None  # the server's synchronous text writer, or False (see write_now)
 
     # ------------------------------------------------------------------ dispatch
+    async def __call__(self, scope, receive, send):
+        """Run the consumer in the server's task, reading frames and channel messages in order.
+
+        channels runs two extra tasks per socket (one waiting on the server, one on the
+        layer) and an `asyncio.wait` over both for every message. Under uvicorn
+        (app/realtime/wsserver.py) the server's event queue is a WaitQueue that the layer can
+        deliver into, so one loop reads both, about 2.6 KiB less per idle socket. Elsewhere
+        (daphne, test communicators, other layers) channels' own loop runs.
+        """
+        inbox = getattr(getattr(receive, "__self__", None), "queue", None)
+        layer = get_channel_layer(self.channel_layer_alias)
+        if not isinstance(inbox, WaitQueue) or not hasattr(layer, "adopt_inbox"):
+            return await super().__call__(scope, receive, send)
+        self.scope = scope
+        self.channel_layer = layer
+        self.channel_name = await layer.new_channel()
+        layer.adopt_inbox(self.channel_name, inbox)
+        self.base_send = send
+        try:
+            while True:
+                await self.dispatch(await receive())
+        except StopConsumer:
+            pass
+
     async def dispatch(self, message):
         """Route a message to its handler, skipping the DB hygiene hop for fan-out events."""
         # Since Channels 4.2 every dispatch first runs aclose_old_connections() in a worker

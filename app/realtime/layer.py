@@ -156,6 +156,16 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
             # A reader blocked in BZPOPMIN may take up to brpop_timeout to notice.
             await asyncio.wait(current, timeout=2)
 
+    def adopt_inbox(self, channel: str, inbox: WaitQueue) -> None:
+        """Deliver a process-local channel's messages into `inbox` instead of a mailbox.
+
+        A consumer under uvicorn passes the server's own event queue: its frames and its
+        channel messages then arrive in one FIFO, read by the one task that runs the consumer,
+        instead of channels' two receiver tasks per socket (see RealtimeConsumer.__call__).
+        """
+        self._queues[channel] = inbox
+        self._ensure_reader()
+
     def register_consumer(self, channel: str, consumer) -> None:
         """Let the reader run this consumer's fan-out handlers itself while it is idle.
 

@@ -194,3 +194,23 @@ def test_tune_gc_freezes_startup_objects_and_collects_young_ones_less_often():
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
+
+
+async def test_reading_resumes_when_only_channel_messages_are_queued():
+    """A client frame pauses reading; queued channel messages do not keep it paused."""
+    async with serve_app(fanout_app) as (server, url):
+        async with connect(url, compression=None):
+            await asyncio.sleep(0.05)
+            protocol = only_connection(server)
+            for message in ({"type": "websocket.receive", "text": "a"},
+                            {"type": "websocket.receive", "text": "b"},
+                            {"type": "room.event", "text": "x"}):
+                protocol.queue.put(message)
+            protocol.read_paused = True
+            protocol.transport.pause_reading()
+            assert (await protocol.receive())["text"] == "a"
+            assert protocol.read_paused  # "b" still waits: the client's frames stay bounded
+            assert (await protocol.receive())["text"] == "b"
+            # uvicorn would stay paused until the room event is read too.
+            assert not protocol.read_paused and protocol.transport.is_reading()
+            assert (await protocol.receive())["type"] == "room.event"

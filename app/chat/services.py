@@ -55,15 +55,17 @@ def user_name(user) -> str:
     return user.get_username()
 
 
-def _insert(model, values: dict) -> int:
-    """INSERT one row and return its primary key, with the ORM's own value conversion.
+def _insert(instance) -> None:
+    """INSERT a new model instance and set its primary key, as `save()` would, for less.
 
-    For the per-message hot path only: `Model.objects.create()` spent about four times as long
-    in Python as the statement took to run (save() machinery, a query object compiled per
-    call). The models written here have no save() override and no signal receivers.
+    For the per-message hot path only: `save()` spent about four times as long in Python as
+    the statement took to run (its machinery, a query object compiled per call). Values come
+    from the fields themselves (`pre_save` fills auto_now dates, `get_db_prep_save` converts),
+    so nothing is copied by hand. The models written here have no save() override and no
+    signal receivers.
     """
-    meta = model._meta
-    fields = [meta.get_field(name) for name in values]
+    meta = instance._meta
+    fields = [field for field in meta.concrete_fields if not field.primary_key]
     quote = connection.ops.quote_name
     sql = "INSERT INTO {} ({}) VALUES ({}) RETURNING {}".format(
         quote(meta.db_table),
@@ -71,10 +73,12 @@ def _insert(model, values: dict) -> int:
         ", ".join(["%s"] * len(fields)),
         quote(meta.pk.column),
     )
-    params = [field.get_db_prep_save(values[field.name], connection) for field in fields]
+    params = [field.get_db_prep_save(field.pre_save(instance, True), connection)
+              for field in fields]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return cursor.fetchone()[0]
+        instance.pk = cursor.fetchone()[0]
+    instance._state.adding = False
 
 
 def _next_seq(room_id: int) -> int:
@@ -93,8 +97,8 @@ def _next_seq(room_id: int) -> int:
 def _record(room_id: int, kind: str, message_id: int, payload: dict) -> dict:
     seq = _next_seq(room_id)
     payload = {**payload, "seq": seq}
-    _insert(RoomEvent, {"room": room_id, "seq": seq, "kind": kind, "message": message_id,
-                        "payload": payload, "created_at": timezone.now()})
+    _insert(RoomEvent(room_id=room_id, seq=seq, kind=kind, message_id=message_id,
+                      payload=payload))
     return payload
 
 
@@ -123,14 +127,8 @@ def post_message(room: ChatRoom, user, content: str, reply_to, client_id) -> dic
             reply = Message.objects.filter(pk=reply_to, room=room).first()
             if reply is None:
                 raise ProtocolError("not_found", "reply_to is not a message of this room")
-        now = timezone.now()
-        message = Message(room_id=room.id, user_id=user.pk, content=content, reply_to=reply,
-                          created_at=now, updated_at=now)
-        message.id = _insert(Message, {
-            "room": room.id, "user": user.pk, "content": content,
-            "reply_to": reply.id if reply is not None else None,
-            "created_at": now, "updated_at": now, "is_edited": False, "is_deleted": False,
-        })
+        message = Message(room_id=room.id, user_id=user.pk, content=content, reply_to=reply)
+        _insert(message)
         frame = message_frame(message, user_name(user))
         frame["room"] = room.name
         frame["client_id"] = client_id

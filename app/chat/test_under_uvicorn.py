@@ -10,14 +10,12 @@ import contextlib
 import json
 
 import pytest
-import uvicorn
 from channels.layers import get_channel_layer
 from websockets.asyncio.client import connect
 
 from app.asgi import application
 from app.chat.conftest import session_for
-from app.realtime.test_wsserver import free_port
-from app.realtime.wsserver import FanoutWebSocketProtocol
+from app.realtime.test_wsserver import serve
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -25,18 +23,10 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 @contextlib.asynccontextmanager
 async def chanfleet_server():
     """The full ASGI application under uvicorn on a free loopback port."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(
-        application, host="127.0.0.1", port=port, ws=FanoutWebSocketProtocol, lifespan="off",
-        ws_per_message_deflate=False, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 (uvicorn offers a flag, not an event)
-        await asyncio.sleep(0.01)
     try:
-        yield server, f"ws://127.0.0.1:{port}"
+        async with serve(application) as served:
+            yield served
     finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
         await get_channel_layer().stop_readers()
 
 

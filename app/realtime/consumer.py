@@ -117,8 +117,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         channels runs two extra tasks per socket (one waiting on the server, one on the
         layer) and an `asyncio.wait` over both for every message. Under uvicorn
         (app/realtime/wsserver.py) the server's event queue is a WaitQueue that the layer can
-        deliver into, so one loop reads both, about 2.6 KiB less per idle socket. Elsewhere
-        (daphne, test communicators, other layers) channels' own loop runs.
+        deliver into, so one loop reads both (tracemalloc: about 2.6 KiB less per idle
+        socket). Elsewhere (daphne, test communicators, other layers) channels' own loop runs.
         """
         inbox = getattr(getattr(receive, "__self__", None), "queue", None)
         layer = get_channel_layer(self.channel_layer_alias)

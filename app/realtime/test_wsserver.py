@@ -40,12 +40,16 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def serve(max_size: int = 1 << 20):
-    """Run echo_app under uvicorn with our protocol on a free loopback port."""
+async def serve(app=None, **options):
+    """Run an ASGI app (echo_app by default) under uvicorn with our protocol on a free port.
+
+    `options` are uvicorn.Config's (ws_max_size, ws_per_message_deflate, ...).
+    """
     port = free_port()
+    options = {"ws_per_message_deflate": False, **options}
     server = uvicorn.Server(uvicorn.Config(
-        echo_app, host="127.0.0.1", port=port, ws=FanoutWebSocketProtocol, lifespan="off",
-        ws_max_size=max_size, ws_per_message_deflate=False, log_level="warning"))
+        app or echo_app, host="127.0.0.1", port=port, ws=FanoutWebSocketProtocol,
+        lifespan="off", log_level="warning", **options))
     task = asyncio.create_task(server.serve())
     while not server.started:  # noqa: ASYNC110 (uvicorn offers a flag, not an event)
         await asyncio.sleep(0.01)
@@ -95,7 +99,7 @@ async def test_a_refusal_before_accept_is_http_403():
 
 async def test_a_message_over_ws_max_size_is_closed_with_1009():
     """WS_MAX_SIZE bounds what a client can make the server buffer."""
-    async with serve(max_size=1024) as (_, url):
+    async with serve(ws_max_size=1024) as (_, url):
         async with connect(url + "/room", max_size=None) as client:
             await client.send("x" * 2048)
             with pytest.raises(ConnectionClosed) as closed:
@@ -134,26 +138,9 @@ async def fanout_app(scope, receive, send):
         pass
 
 
-@contextlib.asynccontextmanager
-async def serve_app(app, deflate: bool = False):
-    """Run an ASGI app under uvicorn with our protocol on a free loopback port."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(
-        app, host="127.0.0.1", port=port, ws=FanoutWebSocketProtocol, lifespan="off",
-        ws_per_message_deflate=deflate, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 (uvicorn offers a flag, not an event)
-        await asyncio.sleep(0.01)
-    try:
-        yield server, f"ws://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-
-
 async def test_write_text_frames_a_broadcast_once_for_every_member():
     """One str written to several sockets is framed once; each client reads the same text."""
-    async with serve_app(fanout_app) as (server, url):
+    async with serve(fanout_app) as (server, url):
         async with connect(url, compression=None) as a, connect(url, compression=None) as b:
             await asyncio.sleep(0.05)
             protocols = list(server.server_state.connections)
@@ -167,7 +154,7 @@ async def test_write_text_frames_a_broadcast_once_for_every_member():
 
 async def test_write_text_leaves_compressed_and_closing_sockets_to_send():
     """With permessage-deflate, or once closing, write_text declines and writes nothing."""
-    async with serve_app(fanout_app, deflate=True) as (server, url):
+    async with serve(fanout_app, ws_per_message_deflate=True) as (server, url):
         async with connect(url, compression="deflate") as client:
             await asyncio.sleep(0.05)
             assert only_connection(server).write_text("x") is False
@@ -198,7 +185,7 @@ def test_tune_gc_freezes_startup_objects_and_collects_young_ones_less_often():
 
 async def test_reading_resumes_when_only_channel_messages_are_queued():
     """A client frame pauses reading; queued channel messages do not keep it paused."""
-    async with serve_app(fanout_app) as (server, url):
+    async with serve(fanout_app) as (server, url):
         async with connect(url, compression=None):
             await asyncio.sleep(0.05)
             protocol = only_connection(server)

@@ -127,3 +127,26 @@ async def test_heartbeat_refresh_keeps_memberships_past_group_expiry(redis_url, 
     assert (await asyncio.wait_for(receiving, 5))["type"] == "still here"
     members = await layer.connection(0).zrange(layer._group_key("room"), 0, -1)
     assert [m.decode() for m in members] == [alive]
+
+
+async def test_reader_takes_every_waiting_message_in_one_round_trip(redis_url, layers):
+    """Messages piled up in the process's inbox arrive in order, read read_batch at a time."""
+    layer = layers({"address": redis_url}, read_batch=32)
+    channel = await layer.new_channel()
+    await layer.group_add("room", channel)
+    for n in range(50):  # nobody receives yet, so they wait in Redis
+        await layer.group_send("room", {"type": "m", "n": n})
+    batches = []
+    pop_batch = layer._pop_batch
+
+    async def recording(index, key):
+        batch = await pop_batch(index, key)
+        batches.append(len(batch))
+        return batch
+
+    layer._pop_batch = recording
+    received = [await asyncio.wait_for(layer.receive(channel), 5) for _ in range(50)]
+    assert [m["n"] for m in received] == list(range(50))
+    assert batches[:2] == [32, 18]
+    inbox = layer.prefix + f"specific.{layer.client_prefix}!"
+    assert await layer.connection(0).exists(inbox, layer._backup_channel_name(inbox)) == 0

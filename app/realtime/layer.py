@@ -62,6 +62,7 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
     def __init__(self, *args, retry_seconds=8.0, backoff_max=0.25, read_batch=256, **kwargs):
         super().__init__(*args, **kwargs)
         self.read_batch = read_batch
+        self._bzmpop = True  # until Redis says it has no such command
         # A retry costs one Sentinel query on a failed attempt, so retrying every 0.25 s is
         # cheap; a longer backoff only adds its jitter to every failover's recovery time.
         self.retry_seconds = retry_seconds
@@ -237,10 +238,22 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
         channels_redis's receive_single spends four round trips and a task per message (a
         backup-queue script, BZPOPMIN, ZADD to the backup, ZPOPMIN from it later). The backup
         lets another receiver take over a cancelled receive's message; nobody else ever reads
-        this process's inbox (its name holds the process's random prefix), so here one ZPOPMIN
-        takes every waiting message, and BZPOPMIN waits only when there are none.
+        this process's inbox (its name holds the process's random prefix), so here one BZMPOP
+        (Redis 7) waits for a message and takes every one waiting. Older Redis: ZPOPMIN with a
+        count, and BZPOPMIN when there was none.
         """
         connection = self.connection(index)
+        if self._bzmpop:
+            try:
+                popped = await connection.bzmpop(self.brpop_timeout, 1, [key], min=True,
+                                                 count=self.read_batch)
+            except redis_errors.ResponseError as error:
+                if "unknown command" not in str(error).lower():
+                    raise
+                logger.warning("Redis has no BZMPOP (before 7.0): two round trips per read")
+                self._bzmpop = False
+            else:
+                return [] if popped is None else [member for member, _score in popped[1]]
         popped = await connection.zpopmin(key, self.read_batch)
         if popped:
             return [member for member, _score in popped]

@@ -4,6 +4,7 @@ import asyncio
 import time
 
 import pytest
+from redis import exceptions as redis_errors
 
 from app.realtime import metrics
 from app.realtime.layer import LayerUnavailable, ResilientRedisChannelLayer
@@ -150,3 +151,27 @@ async def test_reader_takes_every_waiting_message_in_one_round_trip(redis_url, l
     assert batches[:2] == [32, 18]
     inbox = layer.prefix + f"specific.{layer.client_prefix}!"
     assert await layer.connection(0).exists(inbox, layer._backup_channel_name(inbox)) == 0
+
+
+async def test_reader_falls_back_without_bzmpop(redis_url, layers):
+    """On a Redis without BZMPOP (before 7.0) the reader pops with ZPOPMIN and BZPOPMIN."""
+    layer = layers({"address": redis_url})
+    inbox = layer.prefix + f"specific.{layer.client_prefix}!"
+    connection = layer.connection(0)
+
+    async def no_bzmpop(*args, **kwargs):
+        raise redis_errors.ResponseError("unknown command 'BZMPOP', with args beginning with:")
+
+    connection.bzmpop = no_bzmpop
+    channel = await layer.new_channel()
+    await layer.group_add("room", channel)
+    for n in range(3):
+        await layer.group_send("room", {"type": "m", "n": n})
+    received = [await asyncio.wait_for(layer.receive(channel), 5) for _ in range(3)]
+    assert [m["n"] for m in received] == [0, 1, 2]
+    assert layer._bzmpop is False
+    receiving = asyncio.ensure_future(layer.receive(channel))  # the reader waits in BZPOPMIN
+    await asyncio.sleep(0.2)
+    await layer.group_send("room", {"type": "m", "n": 3})
+    assert (await asyncio.wait_for(receiving, 5))["n"] == 3
+    assert await connection.exists(inbox) == 0

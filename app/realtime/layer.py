@@ -374,10 +374,48 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
         metrics.GROUP_SEND_LATENCY.observe(time.monotonic() - started)
 
     async def _group_send_once(self, group, message):
+        if self._one_trip:
+            await self._group_send_in_redis(group, message)
+        else:
+            await self._group_send_mapped(group, message)
+
+    @property
+    def _one_trip(self) -> bool:
+        # The script reads the group and writes the members' inboxes, so it needs them on one
+        # Redis (one host: a Sentinel master or a plain server) and one capacity for all;
+        # encrypted bodies can only be built here.
+        return (self.ring_size == 1 and not self.channel_capacity
+                and not self._serializer.crypter)
+
+    async def _group_send_in_redis(self, group, message):
+        """Send to a group in one round trip: Redis reads the members and fills the inboxes.
+
+        channels_redis trims the group, reads every member into Python (ZRANGE: a 5000-member
+        group is some 300 KB per send), groups them by inbox and sends a body per inbox: three
+        round trips. Here one script does that where the members are. The bodies are
+        byte-for-byte what channels_redis would write: its random prefix, then the message
+        packed with `__asgi_channel__` last, whose value (the inbox's channel list) the script
+        appends with its own msgpack.
+        """
+        serializer = self._serializer
+        packed = serializer.as_bytes({**message, "__asgi_channel__": None})
+        # The packed None (one byte) is the value the script fills in.
+        body_prefix = packed[:-1]
+        length = serializer.random_prefix_length
+        token = random.getrandbits(8 * length).to_bytes(length, "big") if length else b""
+        now = time.time()
+        over_capacity = await self.connection(0).eval(
+            GROUP_SEND_IN_REDIS_LUA, 1, self._group_key(group),
+            token, body_prefix, self.prefix, now, self.expiry, int(now) - int(self.expiry),
+            int(now) - self.group_expiry, self.capacity,
+        )
+        self._count_over_capacity(over_capacity, group)
+
+    async def _group_send_mapped(self, group, message):
         # A copy of RedisChannelLayer.group_send (channels_redis 4.3.0) with two changes: the
         # over-capacity count the Lua script returns is exported as a metric instead of only
         # being logged at INFO level, where nobody sees silent drops; and the group is trimmed
-        # and read in one round trip.
+        # and read in one round trip. Used when members may live on several Redis hosts.
         key = self._group_key(group)
         # The stock trim and read of the group are two round trips; one pipeline here.
         pipe = self.connection(self.consistent_hash(group)).pipeline(transaction=False)
@@ -398,10 +436,48 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
             over_capacity = await connection.eval(
                 GROUP_SEND_LUA, len(channel_redis_keys), *channel_redis_keys, *args
             )
-            if over_capacity:
-                metrics.OVER_CAPACITY.inc(over_capacity)
-                logger.warning("%s channel keys over capacity in group %s", over_capacity, group)
+            self._count_over_capacity(over_capacity, group)
 
+    @staticmethod
+    def _count_over_capacity(over_capacity: int, group: str) -> None:
+        if over_capacity:
+            metrics.OVER_CAPACITY.inc(over_capacity)
+            logger.warning("%s channel keys over capacity in group %s", over_capacity, group)
+
+
+# One group send, done where the group lives. KEYS[1]: the group. ARGV: random prefix, message
+# packed up to the `__asgi_channel__` value, channel key prefix, now, message expiry, trim
+# messages before, trim memberships before, capacity. The inbox keys are derived from the
+# members as channels_redis does (a process-local channel's inbox ends at its "!"), so they
+# are not declared in KEYS: fine on one Redis, as channels_redis never supported Cluster.
+GROUP_SEND_IN_REDIS_LUA = """
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[7])
+    local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+    local channels_of, inboxes = {}, {}
+    for _, channel in ipairs(members) do
+        local bang = string.find(channel, '!', 1, true)
+        local inbox = ARGV[3] .. (bang and string.sub(channel, 1, bang) or channel)
+        local channels = channels_of[inbox]
+        if channels == nil then
+            channels = {}
+            channels_of[inbox] = channels
+            inboxes[#inboxes + 1] = inbox
+        end
+        channels[#channels + 1] = channel
+    end
+    local over_capacity = 0
+    local capacity = tonumber(ARGV[8])
+    for _, inbox in ipairs(inboxes) do
+        redis.call('ZREMRANGEBYSCORE', inbox, 0, ARGV[6])
+        if redis.call('ZCARD', inbox) < capacity then
+            redis.call('ZADD', inbox, ARGV[4], ARGV[1] .. ARGV[2] .. cmsgpack.pack(channels_of[inbox]))
+            redis.call('EXPIRE', inbox, ARGV[5])
+        else
+            over_capacity = over_capacity + 1
+        end
+    end
+    return over_capacity
+"""
 
 # The stock script, with the expired-message trim folded in so a send is one round trip.
 GROUP_SEND_LUA = """

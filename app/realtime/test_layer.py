@@ -4,6 +4,7 @@ import asyncio
 import time
 
 import pytest
+from channels_redis.core import RedisChannelLayer
 from redis import exceptions as redis_errors
 
 from app.realtime import metrics
@@ -175,3 +176,44 @@ async def test_reader_falls_back_without_bzmpop(redis_url, layers):
     await layer.group_send("room", {"type": "m", "n": 3})
     assert (await asyncio.wait_for(receiving, 5))["n"] == 3
     assert await connection.exists(inbox) == 0
+
+
+async def test_group_send_in_redis_writes_what_channels_redis_writes(redis_url, layers):
+    """One script per send, and every inbox holds the body channels_redis itself would write."""
+    ours = layers({"address": redis_url})
+    assert ours._one_trip
+    stock = RedisChannelLayer(hosts=[{"address": redis_url}], prefix=ours.prefix)
+    here, also_here = await ours.new_channel(), await ours.new_channel()
+    there = await stock.new_channel()  # another process's inbox
+    members = [here, also_here, there, "plain-channel"]
+    for channel in members:
+        await ours.group_add("mixed", channel)
+    message = {"type": "room.event", "text": "héllo", "seq": 7, "blob": b"\x00\xff"}
+    await ours.group_send("mixed", message)
+
+    connection = ours.connection(0)
+    in_order = [m.decode() for m in await connection.zrange(ours._group_key("mixed"), 0, -1)]
+    _, expected, _ = stock._map_channel_keys_to_connection(in_order, message)
+    prefix = stock._serializer.random_prefix_length
+    for key, body in expected.items():
+        [written] = await connection.zrange(key, 0, -1)
+        assert written[prefix:] == body[prefix:]
+        assert stock.deserialize(written)["__asgi_channel__"] == \
+            stock.deserialize(body)["__asgi_channel__"]
+    # A stock channels_redis process reads it as its own.
+    assert await asyncio.wait_for(stock.receive(there), 5) == message
+    assert await asyncio.wait_for(stock.receive("plain-channel"), 5) == message
+    # Both receive before the reader they start runs (it drops what arrives for a channel
+    # nobody receives).
+    receiving = asyncio.gather(*(ours.receive(c) for c in (here, also_here)))
+    assert await asyncio.wait_for(receiving, 5) == [message, message]
+
+
+async def test_group_send_maps_members_in_python_when_capacities_differ(redis_url, layers):
+    """Per-channel capacities (or several hosts) take the channels_redis-style path."""
+    layer = layers({"address": redis_url}, channel_capacity={"specific.*": 50})
+    assert not layer._one_trip
+    channel = await layer.new_channel()
+    await layer.group_add("room", channel)
+    await layer.group_send("room", {"type": "m", "n": 1})
+    assert (await asyncio.wait_for(layer.receive(channel), 5))["n"] == 1

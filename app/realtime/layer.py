@@ -470,7 +470,8 @@ GROUP_SEND_IN_REDIS_LUA = """
     for _, inbox in ipairs(inboxes) do
         redis.call('ZREMRANGEBYSCORE', inbox, 0, ARGV[6])
         if redis.call('ZCARD', inbox) < capacity then
-            redis.call('ZADD', inbox, ARGV[4], ARGV[1] .. ARGV[2] .. cmsgpack.pack(channels_of[inbox]))
+            local body = ARGV[1] .. ARGV[2] .. cmsgpack.pack(channels_of[inbox])
+            redis.call('ZADD', inbox, ARGV[4], body)
             redis.call('EXPIRE', inbox, ARGV[5])
         else
             over_capacity = over_capacity + 1

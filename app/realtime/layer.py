@@ -63,6 +63,11 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
         super().__init__(*args, **kwargs)
         self.read_batch = read_batch
         self._bzmpop = True  # until Redis says it has no such command
+        # A group send runs as one script where the group lives when the members' inboxes are
+        # on that same Redis (one host: a Sentinel master or a plain server) with one capacity
+        # for all, and bodies need no encryption (only Python can build those).
+        self._one_trip = (self.ring_size == 1 and not self.channel_capacity
+                          and not self._serializer.crypter)
         # A retry costs one Sentinel query on a failed attempt, so retrying every 0.25 s is
         # cheap; a longer backoff only adds its jitter to every failover's recovery time.
         self.retry_seconds = retry_seconds
@@ -200,7 +205,7 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
     async def _read_forever(self) -> None:
         """Pull this process's messages from Redis in batches and route them to channel queues."""
         local = f"specific.{self.client_prefix}!"
-        index, key = self.consistent_hash(local), self.prefix + local
+        index, key = self.consistent_hash(local), self.inbox_key()
         delay = 0.05
         while True:
             try:
@@ -231,6 +236,10 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
                     continue
                 await self._deliver(channels if isinstance(channels, list) else [channels],
                                     message)
+
+    def inbox_key(self) -> str:
+        """The Redis key holding every message for this process's channels."""
+        return f"{self.prefix}specific.{self.client_prefix}!"
 
     async def _pop_batch(self, index: int, key: str) -> list[bytes]:
         """Take up to read_batch messages off the process's Redis inbox, waiting for one.
@@ -378,14 +387,6 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
             await self._group_send_in_redis(group, message)
         else:
             await self._group_send_mapped(group, message)
-
-    @property
-    def _one_trip(self) -> bool:
-        # The script reads the group and writes the members' inboxes, so it needs them on one
-        # Redis (one host: a Sentinel master or a plain server) and one capacity for all;
-        # encrypted bodies can only be built here.
-        return (self.ring_size == 1 and not self.channel_capacity
-                and not self._serializer.crypter)
 
     async def _group_send_in_redis(self, group, message):
         """Send to a group in one round trip: Redis reads the members and fills the inboxes.

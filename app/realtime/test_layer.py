@@ -150,14 +150,14 @@ async def test_reader_takes_every_waiting_message_in_one_round_trip(redis_url, l
     received = [await asyncio.wait_for(layer.receive(channel), 5) for _ in range(50)]
     assert [m["n"] for m in received] == list(range(50))
     assert batches[:2] == [32, 18]
-    inbox = layer.prefix + f"specific.{layer.client_prefix}!"
+    inbox = layer.inbox_key()
     assert await layer.connection(0).exists(inbox, layer._backup_channel_name(inbox)) == 0
 
 
 async def test_reader_falls_back_without_bzmpop(redis_url, layers):
     """On a Redis without BZMPOP (before 7.0) the reader pops with ZPOPMIN and BZPOPMIN."""
     layer = layers({"address": redis_url})
-    inbox = layer.prefix + f"specific.{layer.client_prefix}!"
+    inbox = layer.inbox_key()
     connection = layer.connection(0)
 
     async def no_bzmpop(*args, **kwargs):

@@ -3,6 +3,7 @@ the per-user stream."""
 
 import asyncio
 import json
+import logging
 import re
 import time
 from urllib.parse import parse_qs
@@ -20,6 +21,8 @@ from . import presence, services
 from .models import Notification, UserStatus
 from .streams import notify_group, topic_group, user_group
 
+logger = logging.getLogger(__name__)
+
 TOPIC = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 STATUSES = {"online", "away", "busy", "offline"}
 
@@ -32,6 +35,10 @@ class ChatConsumer(RealtimeConsumer):
     """A chat room: messages, replies, reactions, edits, deletes, typing, presence, resume."""
 
     route = "chat"
+    # Stored changes reach the database only through database_sync_to_async (see
+    # store_and_broadcast); typing never does. `status` uses the async ORM: not listed.
+    hygienic_frames = RealtimeConsumer.hygienic_frames | {
+        "message", "edit", "delete", "reaction", "typing"}
     handlers = {
         "message": "handle_message",
         "typing": "handle_typing",
@@ -273,13 +280,19 @@ class ChatConsumer(RealtimeConsumer):
     # ------------------------------------------------------------------ broadcasting
     async def broadcast(self, frame: dict, client_id) -> None:
         """Fan a stored event out to the room; on failure tell the sender it will come by resume."""
-        await get_store().set_max(f"roomseq:{self.room.id}", frame["seq"])
-        try:
-            await self.channel_layer.group_send(self.room_group, {
+        # The room's latest seq (for the heartbeat's gap check) and the send go out together:
+        # one round trip of waiting instead of two. The send alone decides live delivery.
+        marked, sent = await asyncio.gather(
+            get_store().set_max(f"roomseq:{self.room.id}", frame["seq"]),
+            self.channel_layer.group_send(self.room_group, {
                 "type": "room.event", "seq": frame["seq"], "text": _dumps(frame),
                 "kind": frame["type"],
-            })
-        except Exception:
+            }),
+            return_exceptions=True,
+        )
+        if isinstance(marked, BaseException):
+            logger.warning("room seq mark failed for room %s: %r", self.room.id, marked)
+        if isinstance(sent, BaseException):
             await self.send_error(
                 "broadcast_failed",
                 "stored, but not delivered live; clients receive it when they resume",
@@ -362,13 +375,27 @@ class ChatConsumer(RealtimeConsumer):
                 await self.send_frame(frame)
                 self.next_seq = frame["seq"] + 1
 
-    async def on_heartbeat(self):
-        """Heartbeat, plus a check that no broadcast was lost while the room was quiet."""
-        await super().on_heartbeat()
-        if self.room is None or self.closing:
+    @classmethod
+    async def heartbeat_many(cls, consumers):
+        """Heartbeats, plus a check that no broadcast was lost while a room was quiet.
+
+        The rooms' latest sequence numbers come in one read for all these sockets.
+        """
+        await super().heartbeat_many(consumers)
+        live = [c for c in consumers if c.room is not None and not c.closing]
+        keys = sorted({f"roomseq:{c.room.id}" for c in live})
+        if not keys:
             return
-        latest = await get_store().get_int(f"roomseq:{self.room.id}")
-        if latest is not None and latest >= self.next_seq:
+        latest = dict(zip(keys, await get_store().get_ints(keys), strict=True))
+        for consumer in live:
+            try:
+                await consumer.catch_up(latest[f"roomseq:{consumer.room.id}"])
+            except Exception:
+                logger.exception("gap check of %s failed", consumer.channel_name)
+
+    async def catch_up(self, latest: int | None) -> None:
+        """Fill the gap up to the room's latest seq if this socket has not had it."""
+        if latest is not None and latest >= self.next_seq and not self.closing:
             async with self.delivery:
                 if latest >= self.next_seq:
                     await self.fill_gap(latest)

@@ -355,6 +355,80 @@ async def test_a_lost_broadcast_in_a_quiet_room_arrives_on_the_heartbeat(ws, mak
     assert (await b.recv_type("message"))["message"] == "quiet"
 
 
+async def test_a_heartbeat_reads_each_room_sequence_once_for_all_its_sockets(
+        ws, make_user, monkeypatch):
+    """One request for the rooms' latest seq per heartbeat portion, not one per socket."""
+    from app.realtime.store import get_store
+
+    a, b = await pair(ws, make_user)
+    await join(ws, await make_user("carol"), "other")
+    store = get_store()
+    reads = []
+    original = store.get_ints
+
+    async def counted(keys):
+        reads.append(list(keys))
+        return await original(keys)
+
+    monkeypatch.setattr(store, "get_ints", counted)
+    await registry.beat()
+    rooms = await database_sync_to_async(
+        lambda: sorted(ChatRoom.objects.values_list("id", flat=True)))()
+    assert reads == [sorted(f"roomseq:{room}" for room in rooms)]
+    for client in (a, b):
+        await client.recv_type("heartbeat")
+
+
+async def test_frames_that_keep_their_own_hygiene_skip_the_dispatch_hop(ws, make_user,
+                                                                        monkeypatch):
+    """Keepalives, typing and stored changes skip channels' hop; `status` (async ORM) keeps it.
+
+    A stored change is written through channels' database_sync_to_async, which closes old
+    connections in its own thread before and after (channels' test communicator turns that
+    off, so it is not counted here).
+    """
+    import channels.consumer
+
+    client = await join(ws, await make_user())
+    hops = []
+    original = channels.consumer.aclose_old_connections
+
+    async def counted():
+        hops.append(1)
+        await original()
+
+    monkeypatch.setattr(channels.consumer, "aclose_old_connections", counted)
+    await client.send({"type": "pong", "ts": 1.0})
+    await client.send({"type": "ping", "id": "k"})
+    await client.recv_type("pong")
+    await client.send({"type": "typing", "is_typing": True})
+    await say(client, "stored")
+    assert hops == []
+    await client.send({"type": "status", "status": "away"})
+    await client.send({"type": "ping", "id": "k2"})
+    await client.recv_type("pong")
+    assert hops == [1]
+
+
+async def test_a_failed_room_seq_mark_does_not_stop_the_broadcast(ws, make_user, monkeypatch,
+                                                                  caplog):
+    """The seq mark only serves the heartbeat's gap check; the send alone decides delivery."""
+    from redis.exceptions import ConnectionError
+
+    from app.realtime.store import get_store
+
+    a, b = await pair(ws, make_user)
+    store = get_store()
+
+    async def failing(key, value):
+        raise ConnectionError("mark lost")
+
+    monkeypatch.setattr(store, "set_max", failing)
+    sent = await say(a, "still live")
+    assert (await b.recv_type("message"))["seq"] == sent["seq"]
+    assert "room seq mark failed" in caplog.text
+
+
 @database_sync_to_async
 def _user(name):
     from django.contrib.auth import get_user_model

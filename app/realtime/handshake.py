@@ -7,7 +7,7 @@ with thousands of mostly idle sockets per process those copies are a fifth of wh
 costs (docs/benchmarks.md, "Where the memory goes").
 
 What the consumer sees is the same: `scope["cookies"]`, `scope["session"]` (a session store
-of SESSION_ENGINE, already loaded) and `scope["user"]` (the user, or AnonymousUser). A
+of SESSION_ENGINE, loaded again on first use) and `scope["user"]` (the user, or AnonymousUser). A
 refused origin gets channels' `WebsocketDenier` (HTTP 403), as before.
 """
 
@@ -44,6 +44,10 @@ class WebSocketAuth:
             return await WebsocketDenier()(scope, receive, send)
         cookies = parse_cookie(cookie.decode("latin1")) if cookie is not None else {}
         scope = dict(scope, cookies=cookies)
-        scope["session"] = self.session_store(cookies.get(settings.SESSION_COOKIE_NAME))
+        scope["session"] = session = self.session_store(cookies.get(settings.SESSION_COOKIE_NAME))
         scope["user"] = await get_user(scope)
+        # The session's data was needed for the user only; the socket keeps the store for its
+        # life, so the loaded data (about 0.5 KiB per socket under tracemalloc) is dropped and
+        # reloaded should anything read it again.
+        session.__dict__.pop("_session_cache", None)
         return await self.inner(scope, receive, send)

@@ -341,25 +341,33 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
                 del self.local_groups[group]
         await self._retrying(super().group_discard, group, channel)
 
-    async def refresh_local_groups(self) -> None:
-        """Re-add every membership of this process in one pipeline (the process heartbeat)."""
+    async def refresh_local_groups(self, channels=None) -> None:
+        """Re-add this process's memberships (of `channels` only, if given) in one pipeline.
+
+        The heartbeat refreshes a slot's channels at a time; a reconnect refreshes them all.
+        """
         try:
-            count = await self._write_local_groups()
+            count = await self._write_local_groups(channels)
         except TRANSIENT_ERRORS as error:
             # The next successful operation re-adds them again.
             self._mark_error(error)
             return
         metrics.GROUPS_REFRESHED.inc(count)
 
-    async def _write_local_groups(self) -> int:
-        """ZADD every local membership with a fresh score, one pipeline per shard."""
+    async def _write_local_groups(self, only=None) -> int:
+        """ZADD local memberships (those of channels in `only`, if given), a pipeline per shard."""
         if not self.local_groups:
-            await self.connection(0).ping()
+            if only is None:
+                await self.connection(0).ping()  # still a probe of the master when idle
             return 0
         now = time.time()
         pipes = {}
         count = 0
         for group, channels in list(self.local_groups.items()):
+            if only is not None:
+                channels = channels & only  # CPython walks the smaller of the two
+                if not channels:
+                    continue
             index = self.consistent_hash(group)
             if index not in pipes:
                 pipes[index] = self.connection(index).pipeline(transaction=False)

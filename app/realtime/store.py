@@ -104,10 +104,10 @@ class RedisStore:
         """Raise an integer key to value if it is lower (latest room sequence)."""
         await self.client.eval(SET_MAX_LUA, 1, self.key(key), value)
 
-    async def get_int(self, key: str) -> int | None:
-        """Read an integer key, or None."""
-        raw = await self.client.get(self.key(key))
-        return int(raw) if raw is not None else None
+    async def get_ints(self, keys: list[str]) -> list[int | None]:
+        """Read several integer keys in one request, None for each missing one."""
+        raws = await self.client.mget([self.key(k) for k in keys])
+        return [int(raw) if raw is not None else None for raw in raws]
 
     async def ping(self) -> bool:
         """Check Redis answers."""
@@ -160,9 +160,9 @@ class MemoryStore:
         """Raise an integer key to value if it is lower."""
         self.values[key] = max(self.values.get(key, 0), value)
 
-    async def get_int(self, key: str) -> int | None:
-        """Read an integer key, or None."""
-        return self.values.get(key)
+    async def get_ints(self, keys: list[str]) -> list[int | None]:
+        """Read several integer keys, None for each missing one."""
+        return [self.values.get(k) for k in keys]
 
     async def ping(self) -> bool:
         """Always reachable."""

@@ -45,6 +45,9 @@ async def test_a_signed_in_session_gives_the_inner_app_its_user():
     assert seen["user"] == user and type(seen["user"]) is type(user)
     assert seen["cookies"]["sessionid"] == cookie
     assert seen["session"].session_key == cookie
+    # Its data was dropped after the lookup, and comes back when read.
+    assert "_session_cache" not in seen["session"].__dict__
+    assert await seen["session"].aget("_auth_user_id") == str(user.pk)
     await comm.disconnect()
 
 

@@ -131,6 +131,23 @@ async def test_heartbeat_refresh_keeps_memberships_past_group_expiry(redis_url, 
     assert [m.decode() for m in members] == [alive]
 
 
+async def test_a_heartbeat_portion_refreshes_only_its_own_channels(redis_url, layers):
+    """refresh_local_groups(channels) re-adds those channels' memberships and no others."""
+    layer = layers({"address": redis_url})
+    ours, others = await layer.new_channel(), await layer.new_channel()
+    for channel in (ours, others):
+        await layer.group_add("room", channel)
+        await layer.group_add("side", channel)
+    key = layer._group_key
+    client = layer.connection(0)
+    for group in ("room", "side"):
+        await client.zadd(key(group), {ours: 1, others: 1})  # as if added long ago
+    await layer.refresh_local_groups({ours})
+    for group in ("room", "side"):
+        assert await client.zscore(key(group), ours) > 1
+        assert await client.zscore(key(group), others) == 1
+
+
 async def test_reader_takes_every_waiting_message_in_one_round_trip(redis_url, layers):
     """Messages piled up in the process's inbox arrive in order, read read_batch at a time."""
     layer = layers({"address": redis_url}, read_batch=32)

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import contextvars
 import gc
 import socket
 
@@ -11,7 +12,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.http11 import Request
 
-from .wsserver import FanoutWebSocketProtocol, Flag, config, tune_gc
+from .wsserver import FanoutWebSocketProtocol, Flag, config, share_cache_backends, tune_gc
 
 
 async def echo_app(scope, receive, send):
@@ -181,6 +182,28 @@ def test_tune_gc_freezes_startup_objects_and_keeps_short_young_collections():
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
+
+
+def test_cache_backends_made_before_serving_are_shared_by_every_connection_task():
+    """Each task finds the startup backend instead of building (and keeping) its own."""
+    from django.core.cache import caches
+
+    async def backends_seen_by_two_tasks():
+        async def backend():
+            return caches["default"]
+
+        return await asyncio.gather(asyncio.create_task(backend()),
+                                    asyncio.create_task(backend()))
+
+    def serve(share: bool):
+        if share:
+            share_cache_backends()
+        return asyncio.run(backends_seen_by_two_tasks())
+
+    first, second = contextvars.Context().run(serve, False)
+    assert first is not second  # Django's default: a backend per task
+    first, second = contextvars.Context().run(serve, True)
+    assert first is second
 
 
 async def test_reading_resumes_when_only_channel_messages_are_queued():

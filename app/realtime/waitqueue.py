@@ -63,4 +63,10 @@ class WaitQueue:
     @property
     def idle(self) -> bool:
         """A receiver waits and nothing is pending or on its way to one."""
-        return not self.items and any(not waiter.done() for waiter in self.waiters or ())
+        # Called for every local member of every broadcast: a loop, not a generator.
+        if self.items or not self.waiters:
+            return False
+        for waiter in self.waiters:
+            if not waiter.done():
+                return True
+        return False

@@ -26,6 +26,19 @@ from loadtest.bench.systems import Ceiling
 OFFSET = 5500
 
 
+def test_a_swamped_baseline_that_delivered_nothing_is_a_figure_not_a_gap():
+    """A stock run with no broadcast in its comfortable phase reads "none arrived"; ours: a gap."""
+    def scenario(system):
+        return {"system": system, "size": 5000, "sockets": 5000, "rooms": 1,
+                "connect": {"rate": 90.0, "failed": 0}, "memory": {"per_socket_kib": 80.0},
+                "comfort": {"delivered": 0, "expected": 100, "p50_ms": None, "p99_ms": None},
+                "saturation": {"throughput": 3000.0}}
+
+    assert report.missing_figures([scenario("stock")]) == []
+    assert len(report.missing_figures([scenario("ours")])) == 2
+    assert "| none arrived | none arrived |" in report.figures_table([scenario("stock")])
+
+
 def test_rooms_and_specs_spread_senders_over_workers(tmp_path):
     """One sender per room, senders on different workers and users, every socket in its room."""
     config = Config(budget=100, run_id="t", source_addrs=4)

@@ -132,6 +132,9 @@ REDIS_POOL = {
     "socket_connect_timeout": 2,
     "socket_keepalive": True,
 }
+# How long the channel layer and the store retry through a failover before giving up (the
+# layer with LayerUnavailable, callers with `unavailable`): a Sentinel failover takes 2-3 s.
+REDIS_RETRY_SECONDS = float(env("GROUP_SEND_RETRY_SECONDS", "8"))
 if REDIS_SENTINELS:
     REDIS_CONNECTION = {
         "sentinels": REDIS_SENTINELS,
@@ -162,7 +165,7 @@ if REDIS_CONNECTION:
                 "capacity": CHANNEL_CAPACITY,
                 "expiry": CHANNEL_EXPIRY,
                 "group_expiry": GROUP_EXPIRY,
-                "retry_seconds": float(env("GROUP_SEND_RETRY_SECONDS", "8")),
+                "retry_seconds": REDIS_RETRY_SECONDS,
             },
         }
     }
@@ -236,6 +239,9 @@ CONTENT_FILTER_WORDS = env_list("CONTENT_FILTER_WORDS", "")
 PRESENCE_TTL = float(env("PRESENCE_TTL", "60"))
 DRAIN_WINDOW = float(env("DRAIN_WINDOW", "10"))
 DRAIN_RETRY_MAX_MS = int(env("DRAIN_RETRY_MAX_MS", "3000"))
+# Between a socket's `reconnect` frame and its close 1012: frames the client sent before it
+# read `reconnect` arrive and are handled (after the close they would be dropped unanswered).
+DRAIN_CLOSE_GRACE = float(env("DRAIN_CLOSE_GRACE", "0.5"))
 CANARY_INTERVAL = float(env("CANARY_INTERVAL", "5"))
 CANARY_FAIL_AFTER = float(env("CANARY_FAIL_AFTER", "20"))
 LIVE_UPDATE_PRIVATE_PREFIXES = env_list("LIVE_UPDATE_PRIVATE_PREFIXES", "staff.")

@@ -132,7 +132,7 @@ class Sender:
         """Send count messages, one per interval, riding through reconnects."""
         for n in range(count):
             key = f"{self.chat.username}-{n}"
-            while self.chat.socket is None:
+            while not self.chat.may_send:
                 await asyncio.sleep(0.05)
             try:
                 await self.chat.send({"type": "message", "message": key, "id": key})

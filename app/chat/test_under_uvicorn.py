@@ -10,6 +10,7 @@ import contextlib
 import json
 
 import pytest
+import websockets
 from channels.layers import get_channel_layer
 from websockets.asyncio.client import connect
 
@@ -66,3 +67,61 @@ async def test_one_task_per_socket_reads_frames_and_room_events_in_order(redis_l
         assert got == [f"m{n}" for n in range(20)] and echoed == list(range(20))
         await a.close()
         await b.close()
+
+
+async def test_a_message_on_its_way_when_the_drain_begins_is_stored_and_broadcast(
+        redis_layer, make_user, caplog):
+    """The close waits DRAIN_CLOSE_GRACE after `reconnect`: a frame already sent is handled."""
+    from app.realtime.registry import registry
+
+    alice, bob = await make_user("alice"), await make_user("bob")
+    async with chanfleet_server() as (server, url):
+        a = await joined(f"{url}/ws/chat/lobby/", alice)
+        b = await joined(f"{url}/ws/chat/lobby/", bob)
+        await a.send(json.dumps({"type": "message", "message": "crossing", "id": "c1"}))
+        try:
+            # The drain runs before the server has read alice's frame.
+            draining = asyncio.ensure_future(registry.drain(window=0, retry_max_ms=0))
+            assert (await next_of(b, "message"))["client_id"] == "c1"
+            assert (await next_of(a, "message"))["client_id"] == "c1"
+            await draining
+            for socket in (a, b):
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await asyncio.wait_for(socket.recv(), 5)
+                assert closed.value.rcvd.code == 1012
+            await asyncio.sleep(0.2)  # the consumers' disconnects
+            # No consumer died on a send after its close (uvicorn raises on those).
+            assert not [r for r in caplog.records if r.levelname == "ERROR"]
+            assert registry.consumers == set()
+        finally:
+            registry.draining = False
+
+
+async def test_a_room_event_that_races_the_close_is_dropped_and_the_disconnect_still_runs(
+        redis_layer, make_user, caplog):
+    """An event dispatched after our close is not sent (uvicorn would raise and end the task)."""
+    from app.chat import presence
+    from app.realtime.registry import registry
+
+    alice = await make_user("alice")
+    async with chanfleet_server() as (server, url):
+        socket = await joined(f"{url}/ws/chat/lobby/", alice)
+        # Registered just after the join frames: a ping's answer comes after that.
+        await socket.send(json.dumps({"type": "ping"}))
+        await next_of(socket, "pong")
+        (consumer,) = registry.consumers
+        layer = get_channel_layer()
+        event = {"type": "room.event", "seq": consumer.next_seq, "kind": "message",
+                 "text": json.dumps({"type": "message", "seq": consumer.next_seq})}
+        # Queued before the close, dispatched after it.
+        layer._queues[consumer.channel_name].put(event)
+        await consumer.close(code=1012)
+        with pytest.raises(websockets.ConnectionClosed):
+            while True:
+                assert json.loads(await asyncio.wait_for(socket.recv(), 5))["type"] != "message"
+        await asyncio.sleep(0.2)
+        assert not [r for r in caplog.records if r.levelname == "ERROR"]
+        # The disconnect handler ran: the socket left the registry, the group and presence.
+        assert registry.consumers == set()
+        assert layer.local_groups == {}
+        assert not await presence.is_online(alice.pk)

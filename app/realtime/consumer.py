@@ -315,7 +315,9 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     # ------------------------------------------------------------------ sending
     async def send_frame(self, frame: dict) -> None:
-        """Send one protocol frame as JSON text."""
+        """Send one protocol frame as JSON text (nothing once the socket is closing)."""
+        if self.closing:
+            return  # see send_text
         metrics.MESSAGES_SENT.labels(self.route, frame["type"]).inc()
         await self.send(text_data=json.dumps(frame, separators=(",", ":")))
 
@@ -338,6 +340,11 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     async def send_text(self, text: str, kind: str) -> None:
         """Send an already serialised frame (fan-out path: once per member per broadcast)."""
+        if self.closing:
+            # A room event that raced our close: uvicorn raises on a send after the close,
+            # which would end this consumer before its disconnect handler (group and presence
+            # cleanup) ran. The client gets the event when it resumes.
+            return
         self._count_sent(kind)
         await self._server_send()({"type": "websocket.send", "text": text})
 

@@ -23,22 +23,15 @@ import random
 import time
 
 from channels_redis.core import RedisChannelLayer
+from channels_redis.utils import create_pool
 from redis import exceptions as redis_errors
 from redis.asyncio.sentinel import SentinelConnectionPool
 
 from . import metrics
+from .retrying import TRANSIENT_ERRORS, retry_transient, sentinel_kwargs
 from .waitqueue import WaitQueue
 
 logger = logging.getLogger(__name__)
-
-# Errors that mean "the master is gone or changing", as seen through Sentinel.
-TRANSIENT_ERRORS = (
-    redis_errors.ConnectionError,  # includes MasterNotFoundError
-    redis_errors.TimeoutError,
-    redis_errors.ReadOnlyError,  # a demoted master still answering reads
-    redis_errors.BusyLoadingError,
-    OSError,
-)
 
 
 class LayerUnavailable(Exception):
@@ -116,23 +109,27 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
 
     async def _retrying(self, operation, *args, counter=None):
         """Run an operation, retrying transient Redis errors with backoff for retry_seconds."""
-        deadline = time.monotonic() + self.retry_seconds
-        delay = 0.05
-        while True:
-            try:
-                result = await operation(*args)
-            except TRANSIENT_ERRORS as error:
-                self._mark_error(error)
-                if time.monotonic() + delay > deadline:
-                    raise LayerUnavailable(str(error)) from error
-                if counter is not None:
-                    counter.inc()
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, self.backoff_max)
-                await self._recover()
-            else:
-                await self._recover()
-                return result
+        def retrying(error):
+            self._mark_error(error)
+            if counter is not None:
+                counter.inc()
+
+        try:
+            result = await retry_transient(operation, *args, seconds=self.retry_seconds,
+                                           backoff_max=self.backoff_max, on_retry=retrying,
+                                           after_sleep=self._recover)
+        except TRANSIENT_ERRORS as error:
+            self._mark_error(error)
+            raise LayerUnavailable(str(error)) from error
+        await self._recover()
+        return result
+
+    def create_pool(self, index):
+        """channels_redis's pool, whose sentinel clients try once each (see retrying.py)."""
+        host = self.hosts[index]
+        if "master_name" in host:
+            host = {**host, "sentinel_kwargs": sentinel_kwargs(host.get("sentinel_kwargs"))}
+        return create_pool(host)
 
     # ------------------------------------------------------------------ receiving
     async def receive(self, channel):

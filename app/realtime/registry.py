@@ -37,6 +37,7 @@ class Registry:
         self.draining = False
         self.retry_max_ms = 3000
         self._ticker: asyncio.Task | None = None
+        self._leaving: set[asyncio.Future] = set()  # drained sockets waiting for their close
         self._slots: asyncio.Semaphore | None = None
         self._slots_loop: asyncio.AbstractEventLoop | None = None
 
@@ -144,10 +145,18 @@ class Registry:
             if consumer in self.consumers:
                 await self.send_away(consumer)
                 await asyncio.sleep(pause)
+        while self._leaving:  # the last closes, and those of handshakes that ended meanwhile
+            await asyncio.gather(*self._leaving)
         return len(consumers)
 
     async def send_away(self, consumer) -> None:
-        """Tell one client to reconnect elsewhere (with its resume position), then close 1012."""
+        """Tell one client to reconnect elsewhere (with its resume position); close it later.
+
+        The close 1012 comes DRAIN_CLOSE_GRACE after the `reconnect` frame, from a task of its
+        own: a frame the client sent before it read `reconnect` is still on its way, and once
+        the close is sent the server drops whatever arrives (a chat message sent then would be
+        lost unanswered). Meanwhile the consumer goes on serving, the caller too.
+        """
         frame = {
             "type": "reconnect",
             "reason": "drain",
@@ -158,6 +167,18 @@ class Registry:
             frame["last_seq"] = position
         try:
             await consumer.send_frame(frame)
+        except Exception:
+            logger.exception("drain of one consumer failed")
+            return
+        closing = asyncio.ensure_future(self._close_after_grace(consumer))
+        self._leaving.add(closing)
+        closing.add_done_callback(self._leaving.discard)
+
+    async def _close_after_grace(self, consumer) -> None:
+        await asyncio.sleep(settings.DRAIN_CLOSE_GRACE)
+        if consumer not in self.consumers:
+            return  # the client left first, as it may on `reconnect`
+        try:
             await consumer.close(code=1012, reason="service restart")
             metrics.DRAIN_RECONNECTS.inc()
         except Exception:

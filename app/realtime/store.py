@@ -5,28 +5,24 @@ otherwise (for `make dev` and unit tests), so callers never branch on the deploy
 """
 
 import asyncio
+import functools
 import time
 
 from django.conf import settings
 from redis import asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-# Enough retries to cover a Sentinel failover (about 2-3 s with down-after 1000 ms).
-FAILOVER_RETRY = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=12)
-RETRY_ON = [RedisConnectionError, RedisTimeoutError, ReadOnlyError]
+from .retrying import no_retry, retry_transient, sentinel_kwargs
 
 
 def connect_redis(connection: dict) -> aioredis.Redis:
-    """Build an asyncio Redis client from a channels_redis-style host dict."""
+    """Build an asyncio Redis client from a channels_redis-style host dict.
+
+    The client never retries on its own: RedisStore's methods ride out a failover themselves.
+    """
     options = dict(connection)
     common = {
         "max_connections": options.get("max_connections", 1000),
-        "retry": FAILOVER_RETRY,
-        "retry_on_error": RETRY_ON,
+        "retry": no_retry(),
         "health_check_interval": 10,
         "socket_keepalive": True,
         "socket_timeout": 5.0,
@@ -36,8 +32,7 @@ def connect_redis(connection: dict) -> aioredis.Redis:
         return aioredis.Redis.from_url(options["address"], **common)
     sentinel = aioredis.Sentinel(
         options["sentinels"],
-        sentinel_kwargs=options.get("sentinel_kwargs") or {},
-        socket_timeout=1.0,
+        sentinel_kwargs=sentinel_kwargs(options.get("sentinel_kwargs")),
     )
     return sentinel.master_for(
         options["master_name"],
@@ -47,17 +42,32 @@ def connect_redis(connection: dict) -> aioredis.Redis:
     )
 
 
+def riding_failover(method):
+    """Run a store method again on a transient Redis error, up to the store's retry_seconds.
+
+    The whole method runs again, so a pipeline is built afresh on the new master.
+    """
+    @functools.wraps(method)
+    async def run(self, *args):
+        return await retry_transient(method, self, *args, seconds=self.retry_seconds)
+    return run
+
+
 class RedisStore:
     """Rate-limit counters and presence sorted sets in Redis, shared by every process."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str):
+    def __init__(self, client: aioredis.Redis, prefix: str, retry_seconds: float = 8.0):
         self.client = client
         self.prefix = prefix
+        # As long as the channel layer retries a group send: a failover (2-3 s with
+        # down-after 1000 ms) is ridden out; past that, callers answer `unavailable`.
+        self.retry_seconds = retry_seconds
 
     def key(self, *parts: object) -> str:
         """Build a namespaced key."""
         return ":".join([self.prefix, *map(str, parts)])
 
+    @riding_failover
     async def hit(self, key: str, window: float) -> int:
         """Count one event in a fixed window and return the count so far in that window."""
         bucket = int(time.time() // window)
@@ -68,6 +78,7 @@ class RedisStore:
         count, _ = await pipe.execute()
         return int(count)
 
+    @riding_failover
     async def presence_touch(self, scope: str, member: str, ttl: float) -> None:
         """Mark a member present in a scope until now + ttl."""
         key = self.key("presence", scope)
@@ -76,6 +87,7 @@ class RedisStore:
         pipe.expire(key, int(ttl) + 5)
         await pipe.execute()
 
+    @riding_failover
     async def presence_touch_many(self, entries: list[tuple[str, str]], ttl: float) -> None:
         """Refresh several (scope, member) entries in one round trip."""
         pipe = self.client.pipeline(transaction=False)
@@ -86,10 +98,12 @@ class RedisStore:
             pipe.expire(key, int(ttl) + 5)
         await pipe.execute()
 
+    @riding_failover
     async def presence_remove(self, scope: str, member: str) -> None:
         """Remove a member from a scope at once (clean disconnect)."""
         await self.client.zrem(self.key("presence", scope), member)
 
+    @riding_failover
     async def presence_members(self, scope: str) -> list[str]:
         """List members whose entries have not expired, dropping the expired ones."""
         key = self.key("presence", scope)
@@ -100,10 +114,12 @@ class RedisStore:
         _, members = await pipe.execute()
         return [m.decode() if isinstance(m, bytes) else m for m in members]
 
+    @riding_failover
     async def set_max(self, key: str, value: int) -> None:
         """Raise an integer key to value if it is lower (latest room sequence)."""
         await self.client.eval(SET_MAX_LUA, 1, self.key(key), value)
 
+    @riding_failover
     async def get_ints(self, keys: list[str]) -> list[int | None]:
         """Read several integer keys in one request, None for each missing one."""
         raws = await self.client.mget([self.key(k) for k in keys])
@@ -181,7 +197,8 @@ def get_store():
     store = _stores.get(loop)
     if store is None:
         if settings.REDIS_CONNECTION:
-            store = RedisStore(connect_redis(settings.REDIS_CONNECTION), settings.REDIS_PREFIX)
+            store = RedisStore(connect_redis(settings.REDIS_CONNECTION), settings.REDIS_PREFIX,
+                               settings.REDIS_RETRY_SECONDS)
         else:
             store = _stores.setdefault("memory", MemoryStore())
         for old in [k for k in _stores if k not in (None, "memory") and k.is_closed()]:

@@ -9,6 +9,7 @@ from redis import exceptions as redis_errors
 
 from app.realtime import metrics
 from app.realtime.layer import LayerUnavailable, ResilientRedisChannelLayer
+from tests.support.redis_procs import free_port
 
 
 def make_layer(host, **options) -> ResilientRedisChannelLayer:
@@ -91,6 +92,22 @@ async def test_memberships_are_re_added_on_the_new_master(sentinel_topology, lay
 async def sentinel_topology_wait(topology, old) -> None:
     """Wait for the sentinels to promote a new master, off the event loop."""
     await asyncio.to_thread(topology.wait_for_failover, old)
+
+
+async def test_a_dead_sentinel_first_in_the_list_costs_the_layer_no_back_off(
+        sentinel_topology, layers):
+    """The layer's Sentinel lookups move on to the next sentinel at once."""
+    host = sentinel_host(sentinel_topology)
+    host["sentinels"] = [("127.0.0.1", free_port()), *host["sentinels"]]
+    layer = layers(host)
+    channel = await layer.new_channel()
+    started = time.monotonic()
+    await layer.group_add("room", channel)
+    await layer.group_send("room", {"type": "hello"})
+    # redis-py's default sentinel client retried the refused sentinel three times, sleeping
+    # up to 2, 4 and 8 s, before asking the next one.
+    assert time.monotonic() - started < 1.0
+    assert (await asyncio.wait_for(layer.receive(channel), 5))["type"] == "hello"
 
 
 async def test_group_send_reports_failure_after_the_retry_window():

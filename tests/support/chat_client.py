@@ -76,6 +76,11 @@ class ChatClient:
             await asyncio.wait([self.task], timeout=10)
 
     @property
+    def may_send(self) -> bool:
+        """True when connected and not asked to leave (send nothing after `reconnect`)."""
+        return self.socket is not None and not self.connections[-1].asked_to_reconnect
+
+    @property
     def node(self) -> str:
         """The WebSocket process of the current connection."""
         return self.connections[-1].node if self.connections else ""

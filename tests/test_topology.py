@@ -306,12 +306,21 @@ async def test_failover_drill_drops_no_websocket_and_loses_no_message(topology):
     # Under 5 s on a quiet machine (promotion 2.2-2.7 s + ours). Sentinel's own election
     # stretches when the machine is loaded, so the bound on our part is the tight one: the
     # layer must find the new master within its watcher's period plus a retry step.
-    assert recovered - promoted < 2.0
+    assert recovered - promoted < 2.0, _app_warnings(topology)
     assert recovered < GROUP_SEND_RETRY_SECONDS
     topology.wait_ready(60)
 
 
 GROUP_SEND_RETRY_SECONDS = 8  # app.settings' default: a send retried longer would fail
+
+
+def _app_warnings(topology) -> str:
+    """The WebSocket processes' warnings and errors, for the message of a failed bound."""
+    lines = []
+    for path in sorted((topology.state / "logs").glob("ws-*.log")):
+        lines += [f"{path.stem}: {line}" for line in path.read_text(errors="replace").splitlines()
+                  if " WARNING " in line or " ERROR " in line]
+    return "\n".join(lines[-60:])
 
 
 async def _promoted_after(topology, old_master, killed_at: float) -> float:

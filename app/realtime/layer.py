@@ -89,13 +89,16 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
         The probe is the re-adding itself, so that the first operation after a failover already
         finds every local membership on the new master.
         """
-        if self.outage_started is None:
+        started = self.outage_started
+        if started is None:
             return True
         try:
             await self._write_local_groups()
         except TRANSIENT_ERRORS:
             return False
-        outage = time.monotonic() - self.outage_started
+        if self.outage_started is not started:
+            return True  # another caller's probe ended this outage while ours ran
+        outage = time.monotonic() - started
         self.outage_started = None
         metrics.LAYER_OUTAGE.observe(outage)
         metrics.LAYER_AVAILABLE.set(1)

@@ -121,6 +121,17 @@ async def test_group_send_reports_failure_after_the_retry_window():
     assert not layer.is_available
 
 
+async def test_probes_that_end_one_outage_together_record_it_once(redis_url, layers):
+    """Several callers probe at once after a failover; the first to succeed ends the outage."""
+    layer = layers({"address": redis_url})
+    await layer.group_add("room", await layer.new_channel())
+    layer.outage_started = time.monotonic() - 2
+    observed = metrics.LAYER_OUTAGE._sum.get()
+    assert await asyncio.gather(*(layer._recover() for _ in range(3))) == [True] * 3
+    assert layer.is_available
+    assert 2 <= metrics.LAYER_OUTAGE._sum.get() - observed < 3  # one outage of about 2 s
+
+
 async def test_over_capacity_drops_are_counted(redis_url):
     """Messages dropped by the capacity check are exported, not only logged."""
     layer = make_layer({"address": redis_url}, capacity=2)

@@ -170,6 +170,7 @@ class Registry:
         except Exception:
             logger.exception("drain of one consumer failed")
             return
+        metrics.DRAIN_RECONNECTS.inc()
         closing = asyncio.ensure_future(self._close_after_grace(consumer))
         self._leaving.add(closing)
         closing.add_done_callback(self._leaving.discard)
@@ -180,7 +181,6 @@ class Registry:
             return  # the client left first, as it may on `reconnect`
         try:
             await consumer.close(code=1012, reason="service restart")
-            metrics.DRAIN_RECONNECTS.inc()
         except Exception:
             logger.exception("drain of one consumer failed")
 

@@ -28,7 +28,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio.sentinel import SentinelConnectionPool
 
 from . import metrics
-from .retrying import TRANSIENT_ERRORS, retry_transient, sentinel_kwargs
+from .retrying import TRANSIENT_ERRORS, backoff_steps, retry_transient, sentinel_kwargs
 from .waitqueue import WaitQueue
 
 logger = logging.getLogger(__name__)
@@ -206,7 +206,6 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
         """Pull this process's messages from Redis in batches and route them to channel queues."""
         local = f"specific.{self.client_prefix}!"
         index, key = self.consistent_hash(local), self.inbox_key()
-        delay = 0.05
         while True:
             try:
                 batch = await self._pop_batch(index, key)
@@ -217,13 +216,11 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
                 self._mark_error(error)
                 # Probe before blocking in BZPOPMIN again, so recovery (and the re-added
                 # memberships) happen as soon as the new master answers, not 5 s later.
-                while True:
-                    await asyncio.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, self.backoff_max)
+                for step in backoff_steps(self.backoff_max):
+                    await asyncio.sleep(step)
                     if await self._recover():
                         break
                 continue
-            delay = 0.05
             await self._recover()
             for content in batch:
                 try:

@@ -45,25 +45,36 @@ def sentinel_kwargs(given: dict | None) -> dict:
             "retry": no_retry()}
 
 
+def backoff_steps(backoff_max: float = 0.25):
+    """Sleeps between attempts: 50 ms doubling to `backoff_max`, each jittered by +-50%.
+
+    The jitter keeps a process's callers (and the processes) from reconnecting in lockstep.
+    """
+    delay = FIRST_STEP
+    while True:
+        yield delay * (0.5 + random.random())
+        delay = min(delay * 2, backoff_max)
+
+
 async def retry_transient(operation, *args, seconds: float, backoff_max: float = 0.25,
                           on_retry=None, after_sleep=None):
     """Await operation(*args), retrying transient Redis errors until `seconds` have passed.
 
-    Steps double from 50 ms to `backoff_max`, each jittered by +-50% so that a process's
-    callers do not reconnect in lockstep. `on_retry(error)` runs before each sleep and the
-    coroutine function `after_sleep()` after it. The last error is re-raised at the deadline.
+    Between attempts it sleeps the `backoff_steps`. `on_retry(error)` runs before each sleep
+    and the coroutine function `after_sleep()` after it. The last error is re-raised once the
+    next sleep would end past the deadline.
     """
     deadline = time.monotonic() + seconds
-    delay = FIRST_STEP
+    steps = backoff_steps(backoff_max)
     while True:
         try:
             return await operation(*args)
         except TRANSIENT_ERRORS as error:
-            if time.monotonic() + delay > deadline:
+            step = next(steps)
+            if time.monotonic() + step > deadline:
                 raise
             if on_retry is not None:
                 on_retry(error)
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, backoff_max)
+            await asyncio.sleep(step)
             if after_sleep is not None:
                 await after_sleep()

@@ -56,11 +56,12 @@ def riding_failover(method):
 class RedisStore:
     """Rate-limit counters and presence sorted sets in Redis, shared by every process."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str, retry_seconds: float = 8.0):
+    def __init__(self, client: aioredis.Redis, prefix: str, retry_seconds: float):
         self.client = client
         self.prefix = prefix
-        # As long as the channel layer retries a group send: a failover (2-3 s with
-        # down-after 1000 ms) is ridden out; past that, callers answer `unavailable`.
+        # settings.REDIS_RETRY_SECONDS, as long as the channel layer retries a group send: a
+        # failover (2-3 s with down-after 1000 ms) is ridden out; past that, callers answer
+        # `unavailable`.
         self.retry_seconds = retry_seconds
 
     def key(self, *parts: object) -> str:

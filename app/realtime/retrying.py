@@ -60,9 +60,9 @@ async def retry_transient(operation, *args, seconds: float, backoff_max: float =
                           on_retry=None, after_sleep=None):
     """Await operation(*args), retrying transient Redis errors until `seconds` have passed.
 
-    Between attempts it sleeps the `backoff_steps`. `on_retry(error)` runs before each sleep
-    and the coroutine function `after_sleep()` after it. The last error is re-raised once the
-    next sleep would end past the deadline.
+    Between attempts it sleeps the `backoff_steps`, the last one cut short so that a final
+    attempt comes at the deadline. `on_retry(error)` runs before each sleep and the coroutine
+    function `after_sleep()` after it. An error past the deadline is re-raised.
     """
     deadline = time.monotonic() + seconds
     steps = backoff_steps(backoff_max)
@@ -70,11 +70,11 @@ async def retry_transient(operation, *args, seconds: float, backoff_max: float =
         try:
             return await operation(*args)
         except TRANSIENT_ERRORS as error:
-            step = next(steps)
-            if time.monotonic() + step > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise
             if on_retry is not None:
                 on_retry(error)
-            await asyncio.sleep(step)
+            await asyncio.sleep(min(next(steps), left))
             if after_sleep is not None:
                 await after_sleep()

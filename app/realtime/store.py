@@ -72,11 +72,11 @@ class RedisStore:
     async def hit(self, key: str, window: float) -> int:
         """Count one event in a fixed window and return the count so far in that window."""
         bucket = int(time.time() // window)
-        full = self.key("rl", key, bucket)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.incr(full)
-        pipe.expire(full, int(window) + 1)
-        count, _ = await pipe.execute()
+        # One script instead of MULTI/INCR/EXPIRE/EXEC: the same atomic count, but one
+        # command to pack and one reply to parse on every chat message's path (the
+        # transaction's four cost this call twice a group send's CPU in a profile of rooms
+        # of 100).
+        count = await self.client.eval(HIT_LUA, 1, self.key("rl", key, bucket), int(window) + 1)
         return int(count)
 
     @riding_failover
@@ -130,6 +130,12 @@ class RedisStore:
         """Check Redis answers."""
         return bool(await self.client.ping())
 
+
+HIT_LUA = """
+local count = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return count
+"""
 
 SET_MAX_LUA = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')

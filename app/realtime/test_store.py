@@ -61,3 +61,15 @@ async def test_with_no_redis_a_store_call_gives_up_after_its_retry_window():
         await store.hit("sender", 60)
     # (It took 9.5 s before, whatever the layer's window: redis-py's 12 reconnect attempts.)
     assert time.monotonic() - started < 2.0
+
+
+async def test_hits_count_up_in_their_window_and_the_counter_expires_after_it(redis_url):
+    """One atomic count per hit; the window's key outlives the window by a second at most."""
+    store = RedisStore(connect_redis({"address": redis_url}), "t-hit", retry_seconds=1.0)
+    # An hour's window: three hits a few ms apart straddle its edge once a year of runs.
+    assert [await store.hit("counted", 3600) for _ in range(3)] == [1, 2, 3]
+    keys = [key async for key in store.client.scan_iter("t-hit:rl:counted:*")]
+    assert len(keys) == 1
+    assert 3599 <= await store.client.ttl(keys[0]) <= 3601
+    await store.client.delete(*keys)
+    await store.client.aclose()

@@ -67,6 +67,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-wait", type=float, default=defaults.max_wait,
                         help="seconds to wait for other work on the machine to calm down")
     parser.add_argument("--max-foreign-busy", type=float, default=defaults.max_foreign_busy)
+    parser.add_argument("--no-balance-senders", dest="balance_senders", action="store_false",
+                        help="let nginx's hash of random session cookies place the senders "
+                             "(default: the rooms' senders go to the WebSocket processes in "
+                             "turn; loadtest/bench/placement.py)")
     parser.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
                         help="py-spy ours' WebSocket processes at saturation for SECONDS")
     parser.add_argument("--ours-ws-env", action="append", default=[], metavar="NAME=VALUE",
@@ -94,6 +98,7 @@ def config_from(args: argparse.Namespace) -> Config:
         connect_timeout=args.connect_timeout, drain_timeout=args.drain_timeout,
         settle_timeout=args.settle_timeout, max_wait=args.max_wait,
         max_foreign_busy=args.max_foreign_busy, profile_seconds=args.profile,
+        balance_senders=args.balance_senders,
         profile_dir=args.json.parent, run_id=time.strftime("%m%d%H%M%S"),
     )
 

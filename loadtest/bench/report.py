@@ -214,6 +214,20 @@ def default_pool_text(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def senders_text(results: list[dict]) -> str:
+    """How each scenario's senders were split over the WebSocket processes (placement.py)."""
+    parts = []
+    for result in results:
+        split = result.get("sender_split")
+        if split:
+            parts.append(f"{result['system']} x{result['size']} "
+                         + "/".join(str(count) for count in split.values()))
+    if not parts:
+        return ""
+    return ("- Senders per WebSocket process (rooms' senders dealt to the processes in turn): "
+            + "; ".join(parts) + ".")
+
+
 def machine() -> dict:
     """CPU, memory, OS and versions of the machine the run used."""
     cpu = "?"
@@ -305,6 +319,7 @@ def generated_section(results: list[dict], run: dict) -> str:
         f"flight, {run['config']['users']} signed-in users per system; the WebSocket "
         f"processes are replaced before each scenario. Other work on the machine at each "
         f"scenario's start: {run['foreign_busy']}.",
+        senders_text(results),
         "",
         "### Figures",
         "",

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy
 
 from .generator import BUCKET, Generator, Spec
+from .placement import balanced_senders, process_of
 from .systems import System
 
 
@@ -54,6 +55,7 @@ class Config:
     settle_timeout: float = 60.0
     max_foreign_busy: float = 0.35  # wait while other work keeps this share of the CPUs busy
     max_wait: float = 180.0
+    balance_senders: bool = True  # rooms' senders on the WebSocket processes in turn
     profile_seconds: float = 0.0  # > 0: py-spy both ours' WebSocket processes at saturation
     profile_dir: Path = Path("build/bench")
     run_id: str = ""
@@ -71,19 +73,23 @@ def rooms_for(config: Config, size: int) -> int:
 
 
 def build_specs(config: Config, system: System, size: int, cookies: list[str],
-                workers: int) -> list[Spec]:
+                workers: int, senders: list[str] | None = None) -> list[Spec]:
     """One spec per socket; the sender of room r is socket 0 and lives on worker r % W.
 
-    Room r's sender signs in as user r (modulo the users), so senders are different users:
-    nginx hashes on the session cookie, and one user sending to every room would put every
-    room's writes on the same WebSocket process.
+    Room r's sender signs in as `senders[r]` if given (see placement.py), else as user r
+    (modulo the users), so senders are different users: nginx hashes on the session cookie,
+    and one user sending to every room would put every room's writes on the same WebSocket
+    process.
     """
     specs = []
     cid = 0
     for room in range(rooms_for(config, size)):
         url = f"{system.ws_url}/ws/chat/bench-{config.run_id}-{size}-{room}/"
         for member in range(size):
-            cookie = cookies[(room if member == 0 else room * size + member) % len(cookies)]
+            if member == 0 and senders:
+                cookie = senders[room]
+            else:
+                cookie = cookies[(room if member == 0 else room * size + member) % len(cookies)]
             local = f"127.0.0.{2 + cid % config.source_addrs}" if config.source_addrs else None
             specs.append(Spec(cid=cid, url=url, headers=system.headers(cookie), room=room,
                               sender=member == 0, local_host=local,
@@ -204,7 +210,7 @@ class Scenario:
         result["foreign_busy"] = round(wait_quiet_machine(cfg, log), 3)
         result["load_average"] = load_average()
         cookies = system.cookies(cfg.users, log=log)
-        specs = build_specs(cfg, system, self.size, cookies, gen.size)
+        specs = build_specs(cfg, system, self.size, cookies, gen.size, self.place_senders(cookies))
         log(f"[{system.name} x{self.size}] {len(specs)} sockets in {self.rooms} room(s)")
         base, connect = self.connect(specs, cookies)
         if (connect["failed"] > 0.05 * len(specs) or connect["ready"] < 0.95 * len(specs)) \
@@ -241,6 +247,21 @@ class Scenario:
         result["unexpected_closes"] = stats["closed"]
         result["open_at_end"] = stats["open"]
         return result
+
+    def place_senders(self, cookies: list[str]) -> list[str] | None:
+        """Sender cookies that give the WebSocket processes the rooms' senders in turn."""
+        cfg, system = self.config, self.system
+        if not cfg.balance_senders or len(system.ws_ports) < 2:
+            return None
+        room_url = f"{system.ws_url}/ws/chat/bench-{cfg.run_id}-{self.size}-placement/"
+        senders, split = balanced_senders(
+            cookies, self.rooms, list(system.ws_ports),
+            lambda cookie: process_of(system, cookie, room_url),
+        )
+        self.result["sender_split"] = {str(port): count for port, count in split.items()}
+        self.log("  senders per WebSocket process: "
+                 + ", ".join(f"{count} on :{port}" for port, count in split.items()))
+        return senders
 
     def connect(self, specs: list[Spec], cookies: list[str]) -> tuple[int, dict]:
         """Warm up, read the base RSS, open every socket; return (base RSS, connect figures)."""

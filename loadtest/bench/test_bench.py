@@ -16,6 +16,7 @@ import pytest
 from deploy.local.topology import REPO
 from loadtest.bench import report
 from loadtest.bench.generator import MARK
+from loadtest.bench.placement import balanced_senders, established_by_port
 from loadtest.bench.profile import summarise
 from loadtest.bench.runner import Config, build_specs, rooms_for
 from loadtest.bench.systems import Ceiling
@@ -110,3 +111,53 @@ def test_tiny_benchmark_reports_every_figure(tmp_path):
                    "KiB per idle socket", "conn/s"):
         assert needle in text, needle
     assert MARK not in text
+
+
+def test_senders_are_dealt_to_the_processes_in_turn():
+    """Room r's sender lands on port r % 2; cookies are probed in order, each at most once."""
+    lands = {"a": 1, "b": 1, "c": 1, "d": 2, "e": 1, "f": 2, "g": 2}
+    probed = []
+
+    def locate(cookie):
+        probed.append(cookie)
+        return lands[cookie]
+
+    senders, split = balanced_senders(list("abcdefg"), 4, [1, 2], locate)
+    assert [lands[cookie] for cookie in senders] == [1, 2, 1, 2]
+    assert split == {1: 2, 2: 2}
+    assert probed == list("abcdef")  # stops once every process has its share
+    assert len(set(senders)) == 4
+
+
+def test_senders_fall_back_to_unused_cookies_when_a_process_is_out_of_reach():
+    """If no cookie reaches a process, its rooms still get distinct senders."""
+    senders, split = balanced_senders(list("abcd"), 3, [1, 2], lambda cookie: 1)
+    assert senders[0] == "a" and senders[2] == "b" and senders[1] in "cd"
+    assert split == {1: 3}
+    assert len(set(senders)) == 3
+
+
+def test_established_connections_are_counted_by_local_port(tmp_path):
+    """Both ends of a loopback connection are in the table; the server end's local port counts."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    before = established_by_port([port])[port]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    try:
+        assert established_by_port([port])[port] == before + 1
+    finally:
+        for sock in (client, accepted, server):
+            sock.close()
+
+
+def test_the_report_says_how_senders_were_split():
+    """Each scenario's split is listed; runs without placement print nothing."""
+    results = [{"system": "ours", "size": 100, "sender_split": {"15101": 5, "15102": 5}},
+               {"system": "ceiling", "size": 1000, "sender_split": {"15611": 1}}]
+    assert report.senders_text(results).endswith("ours x100 5/5; ceiling x1000 1.")
+    assert report.senders_text([{"system": "ours", "size": 100}]) == ""

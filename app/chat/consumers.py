@@ -15,7 +15,6 @@ from app.realtime import metrics
 from app.realtime.consumer import Close, RealtimeConsumer, field
 from app.realtime.errors import ProtocolError
 from app.realtime.ratelimit import Rate, allow
-from app.realtime.store import get_store
 
 from . import presence, services
 from .models import Notification, UserStatus
@@ -280,19 +279,12 @@ class ChatConsumer(RealtimeConsumer):
     # ------------------------------------------------------------------ broadcasting
     async def broadcast(self, frame: dict, client_id) -> None:
         """Fan a stored event out to the room; on failure tell the sender it will come by resume."""
-        # The room's latest seq (for the heartbeat's gap check) and the send go out together:
-        # one round trip of waiting instead of two. The send alone decides live delivery.
-        marked, sent = await asyncio.gather(
-            get_store().set_max(f"roomseq:{self.room.id}", frame["seq"]),
-            self.channel_layer.group_send(self.room_group, {
+        try:
+            await self.channel_layer.group_send(self.room_group, {
                 "type": "room.event", "seq": frame["seq"], "text": _dumps(frame),
                 "kind": frame["type"],
-            }),
-            return_exceptions=True,
-        )
-        if isinstance(marked, BaseException):
-            logger.warning("room seq mark failed for room %s: %r", self.room.id, marked)
-        if isinstance(sent, BaseException):
+            })
+        except Exception:  # LayerUnavailable once the layer's retry window ran out
             await self.send_error(
                 "broadcast_failed",
                 "stored, but not delivered live; clients receive it when they resume",
@@ -379,17 +371,20 @@ class ChatConsumer(RealtimeConsumer):
     async def heartbeat_many(cls, consumers):
         """Heartbeats, plus a check that no broadcast was lost while a room was quiet.
 
-        The rooms' latest sequence numbers come in one read for all these sockets.
+        The rooms' latest sequence numbers come in one database read for all these sockets.
+        The database, not Redis, is asked: it holds every committed event, while a mark kept
+        in Redis could be lost in a failover together with the very broadcast it should reveal
+        (and it cost every chat message a Redis command besides its group send).
         """
         await super().heartbeat_many(consumers)
         live = [c for c in consumers if c.room is not None and not c.closing]
-        keys = sorted({f"roomseq:{c.room.id}" for c in live})
-        if not keys:
+        rooms = sorted({c.room.id for c in live})
+        if not rooms:
             return
-        latest = dict(zip(keys, await get_store().get_ints(keys), strict=True))
+        latest = await database_sync_to_async(services.latest_seqs)(rooms)
         for consumer in live:
             try:
-                await consumer.catch_up(latest[f"roomseq:{consumer.room.id}"])
+                await consumer.catch_up(latest.get(consumer.room.id))
             except Exception:
                 logger.exception("gap check of %s failed", consumer.channel_name)
 

@@ -102,6 +102,11 @@ def _record(room_id: int, kind: str, message_id: int, payload: dict) -> dict:
     return payload
 
 
+def latest_seqs(room_ids: list[int]) -> dict[int, int]:
+    """Each room's latest committed event seq, by room id (the heartbeat's gap check)."""
+    return dict(ChatRoom.objects.filter(id__in=room_ids).values_list("id", "last_seq"))
+
+
 def message_frame(message: Message, username: str) -> dict:
     """The `message` frame of a message in its current state (both content field names)."""
     content = "" if message.is_deleted else message.content

@@ -343,38 +343,36 @@ async def test_a_lost_broadcast_is_filled_from_the_database_in_order(ws, make_us
 
 
 async def test_a_lost_broadcast_in_a_quiet_room_arrives_on_the_heartbeat(ws, make_user):
-    """The heartbeat notices a newer seq in Redis and fills the gap without new traffic."""
-    from app.realtime.store import get_store
+    """The heartbeat notices a newer committed seq and fills the gap without new traffic.
 
+    Nothing but the database knows of this event: no broadcast, no mark in Redis (a failover
+    can lose both).
+    """
     a, b = await pair(ws, make_user)
     room = await database_sync_to_async(ChatRoom.objects.get)(name="lobby")
-    lost = await database_sync_to_async(services.post_message)(
+    await database_sync_to_async(services.post_message)(
         room, await _user("alice"), "quiet", None, None)
-    await get_store().set_max(f"roomseq:{room.id}", lost["seq"])
     await registry.beat()
     assert (await b.recv_type("message"))["message"] == "quiet"
 
 
 async def test_a_heartbeat_reads_each_room_sequence_once_for_all_its_sockets(
         ws, make_user, monkeypatch):
-    """One request for the rooms' latest seq per heartbeat portion, not one per socket."""
-    from app.realtime.store import get_store
-
+    """One query for the rooms' latest seq per heartbeat portion, not one per socket."""
     a, b = await pair(ws, make_user)
     await join(ws, await make_user("carol"), "other")
-    store = get_store()
     reads = []
-    original = store.get_ints
+    original = services.latest_seqs
 
-    async def counted(keys):
-        reads.append(list(keys))
-        return await original(keys)
+    def counted(room_ids):
+        reads.append(list(room_ids))
+        return original(room_ids)
 
-    monkeypatch.setattr(store, "get_ints", counted)
+    monkeypatch.setattr(services, "latest_seqs", counted)
     await registry.beat()
     rooms = await database_sync_to_async(
         lambda: sorted(ChatRoom.objects.values_list("id", flat=True)))()
-    assert reads == [sorted(f"roomseq:{room}" for room in rooms)]
+    assert reads == [rooms]
     for client in (a, b):
         await client.recv_type("heartbeat")
 
@@ -410,23 +408,33 @@ async def test_frames_that_keep_their_own_hygiene_skip_the_dispatch_hop(ws, make
     assert hops == [1]
 
 
-async def test_a_failed_room_seq_mark_does_not_stop_the_broadcast(ws, make_user, monkeypatch,
-                                                                  caplog):
-    """The seq mark only serves the heartbeat's gap check; the send alone decides delivery."""
-    from redis.exceptions import ConnectionError
+async def test_a_broadcast_that_fails_is_reported_stored_and_filled_on_the_heartbeat(
+        ws, make_user, monkeypatch):
+    """A group send that gives up: the sender hears `broadcast_failed`, the others the heartbeat."""
+    from channels.layers import get_channel_layer
 
-    from app.realtime.store import get_store
+    from app.realtime.layer import LayerUnavailable
 
     a, b = await pair(ws, make_user)
-    store = get_store()
+    layer = get_channel_layer()
+    original = layer.group_send
 
-    async def failing(key, value):
-        raise ConnectionError("mark lost")
+    async def failing(group, message):
+        if message["type"] == "room.event":
+            raise LayerUnavailable("retry window ran out")
+        return await original(group, message)
 
-    monkeypatch.setattr(store, "set_max", failing)
-    sent = await say(a, "still live")
-    assert (await b.recv_type("message"))["seq"] == sent["seq"]
-    assert "room seq mark failed" in caplog.text
+    monkeypatch.setattr(layer, "group_send", failing)
+    await a.send({"type": "message", "message": "stored anyway", "id": "s1"})
+    error = await a.recv_type("error")
+    assert error["code"] == "broadcast_failed" and error["client_id"] == "s1"
+    stored = await database_sync_to_async(
+        lambda: Message.objects.get(pk=error["message_id"]).content)()
+    assert stored == "stored anyway"
+    monkeypatch.setattr(layer, "group_send", original)
+    await registry.beat()
+    frame = await b.recv_type("message")
+    assert (frame["seq"], frame["message"]) == (error["seq"], "stored anyway")
 
 
 @database_sync_to_async
@@ -584,15 +592,11 @@ async def test_a_drain_that_starts_during_a_handshake_still_sends_that_socket_aw
 
 async def test_heartbeat_gap_fill_and_live_delivery_never_duplicate(ws, make_user):
     """A heartbeat gap fill racing live broadcasts still delivers each seq exactly once."""
-    from app.realtime.store import get_store
-
     a, b = await pair(ws, make_user)
     room = await database_sync_to_async(ChatRoom.objects.get)(name="lobby")
     alice = await _user("alice")
     for n in range(5):  # stored but never broadcast: the heartbeat must fill them
-        lost = await database_sync_to_async(services.post_message)(
-            room, alice, f"lost {n}", None, None)
-    await get_store().set_max(f"roomseq:{room.id}", lost["seq"])
+        await database_sync_to_async(services.post_message)(room, alice, f"lost {n}", None, None)
     await asyncio.gather(registry.beat(), *(say(a, f"live {n}") for n in range(5)))
     seqs = []
     while len(seqs) < 10:

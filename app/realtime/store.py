@@ -115,17 +115,6 @@ class RedisStore:
         _, members = await pipe.execute()
         return [m.decode() if isinstance(m, bytes) else m for m in members]
 
-    @riding_failover
-    async def set_max(self, key: str, value: int) -> None:
-        """Raise an integer key to value if it is lower (latest room sequence)."""
-        await self.client.eval(SET_MAX_LUA, 1, self.key(key), value)
-
-    @riding_failover
-    async def get_ints(self, keys: list[str]) -> list[int | None]:
-        """Read several integer keys in one request, None for each missing one."""
-        raws = await self.client.mget([self.key(k) for k in keys])
-        return [int(raw) if raw is not None else None for raw in raws]
-
     async def ping(self) -> bool:
         """Check Redis answers."""
         return bool(await self.client.ping())
@@ -137,12 +126,6 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 return count
 """
 
-SET_MAX_LUA = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1], 'EX', 86400) end
-return 1
-"""
-
 
 class MemoryStore:
     """The same interface kept in this process, for `make dev` and unit tests only."""
@@ -150,7 +133,6 @@ class MemoryStore:
     def __init__(self):
         self.counters: dict[str, int] = {}
         self.presence: dict[str, dict[str, float]] = {}
-        self.values: dict[str, int] = {}
 
     async def hit(self, key: str, window: float) -> int:
         """Count one event in a fixed window and return the count so far in that window."""
@@ -178,14 +160,6 @@ class MemoryStore:
         for member in [m for m, until in entries.items() if until <= now]:
             del entries[member]
         return list(entries)
-
-    async def set_max(self, key: str, value: int) -> None:
-        """Raise an integer key to value if it is lower."""
-        self.values[key] = max(self.values.get(key, 0), value)
-
-    async def get_ints(self, keys: list[str]) -> list[int | None]:
-        """Read several integer keys, None for each missing one."""
-        return [self.values.get(k) for k in keys]
 
     async def ping(self) -> bool:
         """Always reachable."""

@@ -67,6 +67,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-wait", type=float, default=defaults.max_wait,
                         help="seconds to wait for other work on the machine to calm down")
     parser.add_argument("--max-foreign-busy", type=float, default=defaults.max_foreign_busy)
+    parser.add_argument("--arrivals", choices=("poisson", "staggered"), default="poisson",
+                        help="when senders send: at random moments (default) or evenly "
+                             "spaced at a random phase per room (generator.send_times)")
     parser.add_argument("--no-balance-senders", dest="balance_senders", action="store_false",
                         help="let nginx's hash of random session cookies place the senders "
                              "(default: the rooms' senders go to the WebSocket processes in "
@@ -98,7 +101,7 @@ def config_from(args: argparse.Namespace) -> Config:
         connect_timeout=args.connect_timeout, drain_timeout=args.drain_timeout,
         settle_timeout=args.settle_timeout, max_wait=args.max_wait,
         max_foreign_busy=args.max_foreign_busy, profile_seconds=args.profile,
-        balance_senders=args.balance_senders,
+        balance_senders=args.balance_senders, arrivals=args.arrivals,
         profile_dir=args.json.parent, run_id=time.strftime("%m%d%H%M%S"),
     )
 
@@ -146,7 +149,7 @@ def run(config: Config, state: Path, offset: int = 6000, stock_max: int = 0,
             system.cookies(config.users, log=log)
             run_info["sessions"][system.name] = system.check_session_queries()
         log(f"session check: {json.dumps(run_info['sessions'])}")
-        generator = Generator(config.workers)
+        generator = Generator(config.workers, config.arrivals)
         for size in config.sizes:
             comfort_rate = None  # set by the first system of this size, used by the others
             for system in systems:
@@ -160,14 +163,14 @@ def run(config: Config, state: Path, offset: int = 6000, stock_max: int = 0,
                     results.append(scenario.result)
                     if isinstance(error, TimeoutError):
                         generator.shutdown()
-                        generator = Generator(config.workers)
+                        generator = Generator(config.workers, config.arrivals)
                 finally:
                     system.restart_ws()
                     try:
                         generator.close_all(15)
                     except (TimeoutError, RuntimeError):
                         generator.shutdown()
-                        generator = Generator(config.workers)
+                        generator = Generator(config.workers, config.arrivals)
     finally:
         if generator is not None:
             generator.shutdown()

@@ -214,10 +214,11 @@ class Worker:
                 self.closed[str(ws.close_code)] += 1
 
     # ------------------------------------------------------------------ sending
-    async def cmd_phase(self, phase: str, rate: float, start_at: float, duration: float) -> dict:
+    async def cmd_phase(self, phase: str, rate: float, start_at: float, duration: float,
+                        arrivals: str = "poisson") -> dict:
         """Senders of this worker send `rate` messages/s each from start_at for duration."""
         senders = self._senders()
-        results = await asyncio.gather(*(self._send(c, phase, rate, start_at, duration)
+        results = await asyncio.gather(*(self._send(c, phase, rate, start_at, duration, arrivals)
                                          for c in senders))
         return {
             "sent": sum(r[0] for r in results),
@@ -248,18 +249,14 @@ class Worker:
         return chosen
 
     async def _send(self, conn: _Conn, phase: str, rate: float, start_at: float,
-                    duration: float) -> tuple[int, float]:
+                    duration: float, arrivals: str = "poisson") -> tuple[int, float]:
         import websockets
 
-        count = max(1, int(round(rate * duration)))
-        interval = 1.0 / rate
-        # Stagger rooms so that senders do not fire in lockstep.
-        offset = random.uniform(0, interval)
         sent = 0
         max_lag = 0.0
         room = conn.spec.room
-        for k in range(count):
-            target = start_at + offset + k * interval
+        for at in send_times(rate, duration, arrivals):
+            target = start_at + at
             delay = target - time.time()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -341,6 +338,27 @@ def _error_name(error: BaseException) -> str:
     return type(error).__name__
 
 
+def send_times(rate: float, duration: float, arrivals: str = "poisson") -> list[float]:
+    """When a sender sends in a phase: seconds after its start, rate x duration of them.
+
+    "poisson": as independent users do, each message at a random moment of the phase (sorted
+    uniform draws: a Poisson process given its count), so rooms' messages meet by chance, about
+    as often in every run. "staggered": evenly spaced, each room at a random phase of the
+    interval (the benchmark before the eighth round). Its phases stay put for the whole phase,
+    so a run whose draw put two rooms' senders a millisecond apart saw them collide on every
+    message, and one whose draw spread them saw none: ours' p50 at rooms of 100 came out 5.5 or
+    11 ms from run to run on that draw alone (docs/benchmarks.md).
+    """
+    count = max(1, int(round(rate * duration)))
+    if arrivals == "poisson":
+        return sorted(random.uniform(0, duration) for _ in range(count))
+    if arrivals != "staggered":
+        raise ValueError(f"unknown arrivals {arrivals!r}")
+    interval = 1.0 / rate
+    offset = random.uniform(0, interval)
+    return [offset + k * interval for k in range(count)]
+
+
 def _worker_main(pipe) -> None:
     raise_nofile()
     asyncio.run(Worker(pipe).serve())
@@ -349,7 +367,8 @@ def _worker_main(pipe) -> None:
 class Generator:
     """The orchestrator's handle on the worker processes (synchronous calls over pipes)."""
 
-    def __init__(self, workers: int = 3):
+    def __init__(self, workers: int = 3, arrivals: str = "poisson"):
+        self.arrivals = arrivals  # see send_times
         context = multiprocessing.get_context("spawn")
         self.pipes = []
         self.procs = []
@@ -430,7 +449,8 @@ class Generator:
         """Run one sending phase on every worker's senders; returns totals and the window."""
         start_at = time.time() + lead
         answers = self.broadcast({"cmd": "phase", "phase": phase, "rate": rate,
-                                  "start_at": start_at, "duration": duration}, duration + 60)
+                                  "start_at": start_at, "duration": duration,
+                                  "arrivals": self.arrivals}, duration + 60)
         return {"sent": sum(a["sent"] for a in answers),
                 "max_lag": max(a["max_lag"] for a in answers),
                 "senders": sum(a["senders"] for a in answers),

@@ -214,6 +214,11 @@ def default_pool_text(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _arrivals(kind: str) -> str:
+    return {"poisson": "random moments (Poisson arrivals)",
+            "staggered": "even intervals, each room at a random phase"}.get(kind, kind)
+
+
 def senders_text(results: list[dict]) -> str:
     """How each scenario's senders were split over the WebSocket processes (placement.py)."""
     parts = []
@@ -316,7 +321,8 @@ def generated_section(results: list[dict], run: dict) -> str:
         f"- Database: {run.get('database', '?')} for ours and stock alike.",
         f"- Load generator: {run['config']['workers']} processes (asyncio + websockets "
         f"client, permessage-deflate offered), {run['config']['concurrency']} handshakes in "
-        f"flight, {run['config']['users']} signed-in users per system; the WebSocket "
+        f"flight, {run['config']['users']} signed-in users per system; senders send at "
+        f"{_arrivals(run['config'].get('arrivals', 'staggered'))}; the WebSocket "
         f"processes are replaced before each scenario. Other work on the machine at each "
         f"scenario's start: {run['foreign_busy']}.",
         senders_text(results),

@@ -55,6 +55,7 @@ class Config:
     settle_timeout: float = 60.0
     max_foreign_busy: float = 0.35  # wait while other work keeps this share of the CPUs busy
     max_wait: float = 180.0
+    arrivals: str = "poisson"  # when senders send (generator.send_times)
     balance_senders: bool = True  # rooms' senders on the WebSocket processes in turn
     profile_seconds: float = 0.0  # > 0: py-spy both ours' WebSocket processes at saturation
     profile_dir: Path = Path("build/bench")

@@ -11,11 +11,12 @@ import json
 import subprocess
 import sys
 
+import numpy
 import pytest
 
 from deploy.local.topology import REPO
 from loadtest.bench import report
-from loadtest.bench.generator import MARK
+from loadtest.bench.generator import MARK, send_times
 from loadtest.bench.placement import balanced_senders, established_by_port
 from loadtest.bench.profile import summarise
 from loadtest.bench.runner import Config, build_specs, rooms_for
@@ -161,3 +162,17 @@ def test_the_report_says_how_senders_were_split():
                {"system": "ceiling", "size": 1000, "sender_split": {"15611": 1}}]
     assert report.senders_text(results).endswith("ours x100 5/5; ceiling x1000 1.")
     assert report.senders_text([{"system": "ours", "size": 100}]) == ""
+
+
+def test_send_times_fill_the_phase_with_the_rate_asked():
+    """Both arrival models send rate x duration messages inside the phase, in order."""
+    for arrivals in ("poisson", "staggered"):
+        times = send_times(15.0, 10.0, arrivals)
+        assert len(times) == 150 and times == sorted(times)
+        assert 0 <= times[0] and times[-1] < 10.0 + 1 / 15
+    gaps = numpy.diff(send_times(15.0, 10.0, "staggered"))
+    assert numpy.allclose(gaps, 1 / 15)
+    # Random moments: some gaps far shorter than the mean, as independent senders' are.
+    assert min(numpy.diff(send_times(15.0, 100.0, "poisson"))) < 0.1 / 15
+    with pytest.raises(ValueError):
+        send_times(1.0, 1.0, "bursts")

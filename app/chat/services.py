@@ -102,11 +102,6 @@ def _record(room_id: int, kind: str, message_id: int, payload: dict) -> dict:
     return payload
 
 
-def latest_seqs(room_ids: list[int]) -> dict[int, int]:
-    """Each room's latest committed event seq, by room id (the heartbeat's gap check)."""
-    return dict(ChatRoom.objects.filter(id__in=room_ids).values_list("id", "last_seq"))
-
-
 def message_frame(message: Message, username: str) -> dict:
     """The `message` frame of a message in its current state (both content field names)."""
     content = "" if message.is_deleted else message.content
@@ -222,7 +217,12 @@ def react(room: ChatRoom, user, message_id, emoji: str, action: str, client_id) 
 
 def latest_seq(room_id: int) -> int:
     """The sequence number of the room's newest event."""
-    return ChatRoom.objects.filter(pk=room_id).values_list("last_seq", flat=True).get()
+    return latest_seqs([room_id])[room_id]
+
+
+def latest_seqs(room_ids: list[int]) -> dict[int, int]:
+    """Each room's newest event seq, by room id, in one query (the heartbeat's gap check)."""
+    return dict(ChatRoom.objects.filter(id__in=room_ids).values_list("id", "last_seq"))
 
 
 def events_between(room_id: int, after: int, upto: int | None = None, limit: int = 1000):

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -26,6 +27,16 @@ from deploy.nginx import render as nginx_render
 from deploy.sentinel import render as sentinel_render
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def database_url_named(url: str, name: str) -> str:
+    """DATABASE_URL pointing at database `name` on the same server, its options kept.
+
+    Query parameters such as `sslmode` or `options` (server settings for the session) belong
+    to the connection, not to one database, so they carry over.
+    """
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,8 +165,7 @@ class Topology:
         return "chanfleet_" + hashlib.sha1(str(self.state).encode()).hexdigest()[:12]
 
     def _database_url(self, url: str) -> str:
-        base, _, _ = url.rpartition("/")
-        return f"{base}/{self._database_name()}"
+        return database_url_named(url, self._database_name())
 
     def _admin(self, sql: str) -> None:
         """Run one statement on the server of DATABASE_URL (create/drop our database)."""

@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from deploy.local.topology import REPO, Ports, Topology
+from deploy.local.topology import REPO, Ports, Topology, database_url_named
 from deploy.nginx import render as nginx_render
 
 # Benchmark-only nginx values: the local default of 1024 worker connections holds 512
@@ -385,7 +385,7 @@ class Stock(_Processes):
         url = os.environ.get("DATABASE_URL", "")
         if not url.startswith("postgres"):
             return None
-        return f"{url.rpartition('/')[0]}/{self.database_name}"
+        return database_url_named(url, self.database_name)
 
     @property
     def database_name(self) -> str:

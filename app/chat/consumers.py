@@ -19,6 +19,7 @@ from app.realtime.ratelimit import Rate, allow
 from . import presence, services
 from .models import Notification, UserStatus
 from .streams import notify_group, topic_group, user_group
+from .writer import writer
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +35,9 @@ class ChatConsumer(RealtimeConsumer):
     """A chat room: messages, replies, reactions, edits, deletes, typing, presence, resume."""
 
     route = "chat"
-    # Stored changes reach the database only through database_sync_to_async (see
-    # store_and_broadcast); typing never does. `status` uses the async ORM: not listed.
+    # Stored changes reach the database only through database_sync_to_async (the writer's
+    # batches, see store_and_broadcast); typing never does. `status` uses the async ORM: not
+    # listed.
     hygienic_frames = RealtimeConsumer.hygienic_frames | {
         "message", "edit", "delete", "reaction", "typing"}
     handlers = {
@@ -220,7 +222,7 @@ class ChatConsumer(RealtimeConsumer):
         """
         *values, data = args
         await self._rate_limit()
-        frame = await database_sync_to_async(change)(self.room, self.user, *values, data.get("id"))
+        frame = await writer().write(change, self.room, self.user, *values, data.get("id"))
         if frame is not None:  # None: nothing changed (a reaction already in that state)
             await self.broadcast(frame, data.get("id"))
 

@@ -50,6 +50,10 @@ RESUME_MESSAGES = Counter(
 GAP_FILLS = Counter(
     "chanfleet_gap_fills", "Times a consumer fetched missed room events from the database."
 )
+WRITE_BATCH = Histogram(
+    "chanfleet_chat_write_batch_size", "Chat changes written in one database transaction.",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
 
 # ---------------------------------------------------------------------------- heartbeat
 HEARTBEAT_PINGS = Counter("chanfleet_heartbeat_pings", "Heartbeat frames sent to clients.")

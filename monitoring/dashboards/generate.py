@@ -271,6 +271,11 @@ def overview() -> dict:
                         "replayed messages"),
                        (rate("chanfleet_gap_fills_total", WS), "gap fills")],
                       unit="ops"),
+                graph("Chat writes per database transaction p50 / p99",
+                      "Stored chat changes (messages, edits, deletes, reactions) committed "
+                      "together in one transaction: above 1 when changes arrive faster than "
+                      "the database commits them one by one.",
+                      quantiles("chanfleet_chat_write_batch_size", WS)),
             ]),
             ("Heartbeat", [
                 graph("Heartbeat RTT p50 / p99",

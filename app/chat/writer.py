@@ -1,0 +1,101 @@
+"""Group commit: the chat changes a process has waiting share one database transaction.
+
+Every stored chat change (a message, edit, delete or reaction) commits with its room event
+before it is broadcast (app/chat/services.py). One at a time, each paid a hop to the database
+thread and a commit of its own, and when several arrived together (the tail of a busy room)
+each waited for all the commits before it. Here the changes that arrive while a batch is being
+written wait together and are written as the next batch: one hop and one commit (on
+PostgreSQL, one fsync) for all of them. A batch of one is written exactly as before.
+
+Each change of a batch still runs in its own `transaction.atomic()` block, a savepoint inside
+the batch's transaction, so a change that fails (a reply to a message of another room, a
+database error) is rolled back alone and its sender gets the error; the others commit. If the
+commit itself fails, nothing of the batch is stored and every sender gets that error.
+"""
+
+import asyncio
+import weakref
+
+from channels.db import database_sync_to_async
+from django.db import transaction
+
+from app.realtime import metrics
+
+
+def write_batch(changes: list[tuple]) -> list[tuple[bool, object]]:
+    """Run (function, args) changes in one transaction; (True, result) or (False, error) each."""
+    if len(changes) == 1:
+        change, args = changes[0]
+        try:
+            return [(True, change(*args))]
+        except Exception as error:
+            return [(False, error)]
+    results: list[tuple[bool, object]] = []
+    try:
+        with transaction.atomic():
+            for change, args in changes:
+                try:
+                    results.append((True, change(*args)))  # its own atomic(): a savepoint
+                except Exception as error:
+                    results.append((False, error))
+    except Exception as error:
+        return [(False, error)] * len(changes)
+    return results
+
+
+class Writer:
+    """The process's queue of chat changes waiting for the database, written in batches."""
+
+    def __init__(self):
+        self.waiting: list[tuple] = []
+        self.task: asyncio.Task | None = None
+
+    async def write(self, change, *args):
+        """Run `change(*args)` in the next batch's transaction; return its result or raise."""
+        done = asyncio.get_running_loop().create_future()
+        self.waiting.append((change, args, done))
+        if self.task is None:
+            self.task = asyncio.create_task(self._drain())
+        return await done
+
+    async def _drain(self) -> None:
+        try:
+            await self._write_batches()
+        finally:
+            self.task = None  # a finished task would keep the loop, this writer's key, alive
+
+    async def _write_batches(self) -> None:
+        # Everything that arrives while a batch is in the database thread forms the next one.
+        while self.waiting:
+            batch, self.waiting = self.waiting, []
+            metrics.WRITE_BATCH.observe(len(batch))
+            try:
+                results = await database_sync_to_async(write_batch)(
+                    [(change, args) for change, args, _ in batch])
+            except asyncio.CancelledError:
+                for *_, done in batch + self.waiting:  # shutdown: nobody may wait forever
+                    done.cancel()
+                raise
+            except Exception as error:
+                results = [(False, error)] * len(batch)
+            for (*_, done), (ok, value) in zip(batch, results, strict=True):
+                if done.done():
+                    continue  # the sender's task was cancelled (its socket closed)
+                if ok:
+                    done.set_result(value)
+                else:
+                    done.set_exception(value)
+
+
+# One writer per event loop: a server runs one loop, tests run one per test.
+_writers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Writer]" = (
+    weakref.WeakKeyDictionary())
+
+
+def writer() -> Writer:
+    """The running event loop's writer."""
+    loop = asyncio.get_running_loop()
+    found = _writers.get(loop)
+    if found is None:
+        found = _writers[loop] = Writer()
+    return found

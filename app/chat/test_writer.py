@@ -80,11 +80,14 @@ async def test_a_failed_commit_stores_nothing_and_every_sender_gets_the_error(
         raise DatabaseError("commit failed")
 
     monkeypatch.setattr(BaseDatabaseWrapper, "commit", failing_commit)
+    before = batches()
     results = await asyncio.gather(*(
         writer.write(services.post_message, room, alice, text, None, n)
         for n, text in enumerate(["one", "two"])), return_exceptions=True)
     monkeypatch.undo()
     assert [type(r) for r in results] == [DatabaseError, DatabaseError]
+    count, changes = batches()
+    assert (count - before[0], changes - before[1]) == (1, 2)  # one batch's commit failed
     assert await stored(room) == ([], [])
     frame = await writer.write(services.post_message, room, alice, "after", None, 9)
     assert frame["seq"] == 1  # the failed batch gave its numbers back

@@ -25,7 +25,7 @@ from pathlib import Path
 from deploy.local.topology import REPO
 
 from . import report
-from .generator import Generator, raise_nofile
+from .generator import ARRIVALS, Generator, raise_nofile
 from .runner import Config, Scenario
 from .systems import Ceiling, Ours, Stock, port_busy
 
@@ -67,7 +67,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-wait", type=float, default=defaults.max_wait,
                         help="seconds to wait for other work on the machine to calm down")
     parser.add_argument("--max-foreign-busy", type=float, default=defaults.max_foreign_busy)
-    parser.add_argument("--arrivals", choices=("poisson", "staggered"), default="poisson",
+    parser.add_argument("--arrivals", choices=ARRIVALS, default=defaults.arrivals,
                         help="when senders send: at random moments (default) or evenly "
                              "spaced at a random phase per room (generator.send_times)")
     parser.add_argument("--no-balance-senders", dest="balance_senders", action="store_false",
@@ -140,6 +140,10 @@ def run(config: Config, state: Path, offset: int = 6000, stock_max: int = 0,
                 "database": ("PostgreSQL" if os.environ.get("DATABASE_URL", "").startswith(
                     "postgres") else "SQLite (WAL)")}
     results: list[dict] = []
+
+    def new_generator() -> Generator:
+        return Generator(config.workers, config.arrivals)
+
     generator: Generator | None = None
     try:
         for system in systems:
@@ -149,7 +153,7 @@ def run(config: Config, state: Path, offset: int = 6000, stock_max: int = 0,
             system.cookies(config.users, log=log)
             run_info["sessions"][system.name] = system.check_session_queries()
         log(f"session check: {json.dumps(run_info['sessions'])}")
-        generator = Generator(config.workers, config.arrivals)
+        generator = new_generator()
         for size in config.sizes:
             comfort_rate = None  # set by the first system of this size, used by the others
             for system in systems:
@@ -163,14 +167,14 @@ def run(config: Config, state: Path, offset: int = 6000, stock_max: int = 0,
                     results.append(scenario.result)
                     if isinstance(error, TimeoutError):
                         generator.shutdown()
-                        generator = Generator(config.workers, config.arrivals)
+                        generator = new_generator()
                 finally:
                     system.restart_ws()
                     try:
                         generator.close_all(15)
                     except (TimeoutError, RuntimeError):
                         generator.shutdown()
-                        generator = Generator(config.workers, config.arrivals)
+                        generator = new_generator()
     finally:
         if generator is not None:
             generator.shutdown()

@@ -215,7 +215,7 @@ class Worker:
 
     # ------------------------------------------------------------------ sending
     async def cmd_phase(self, phase: str, rate: float, start_at: float, duration: float,
-                        arrivals: str = "poisson") -> dict:
+                        arrivals: str) -> dict:
         """Senders of this worker send `rate` messages/s each from start_at for duration."""
         senders = self._senders()
         results = await asyncio.gather(*(self._send(c, phase, rate, start_at, duration, arrivals)
@@ -249,7 +249,7 @@ class Worker:
         return chosen
 
     async def _send(self, conn: _Conn, phase: str, rate: float, start_at: float,
-                    duration: float, arrivals: str = "poisson") -> tuple[int, float]:
+                    duration: float, arrivals: str) -> tuple[int, float]:
         import websockets
 
         sent = 0
@@ -338,7 +338,10 @@ def _error_name(error: BaseException) -> str:
     return type(error).__name__
 
 
-def send_times(rate: float, duration: float, arrivals: str = "poisson") -> list[float]:
+ARRIVALS = ("poisson", "staggered")  # the arrival models of send_times
+
+
+def send_times(rate: float, duration: float, arrivals: str) -> list[float]:
     """When a sender sends in a phase: seconds after its start, rate x duration of them.
 
     "poisson": as independent users do, each message at a random moment of the phase (sorted
@@ -367,7 +370,7 @@ def _worker_main(pipe) -> None:
 class Generator:
     """The orchestrator's handle on the worker processes (synchronous calls over pipes)."""
 
-    def __init__(self, workers: int = 3, arrivals: str = "poisson"):
+    def __init__(self, workers: int, arrivals: str):
         self.arrivals = arrivals  # see send_times
         context = multiprocessing.get_context("spawn")
         self.pipes = []

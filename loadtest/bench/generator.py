@@ -87,13 +87,22 @@ class Worker:
         """Run commands from the pipe until `exit`."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        loop.add_reader(self.pipe.fileno(), lambda: queue.put_nowait(self.pipe.recv()))
+
+        def read_command() -> None:
+            try:
+                queue.put_nowait(self.pipe.recv())
+            except EOFError:  # the orchestrator is gone: stop instead of spinning on EOF
+                loop.remove_reader(self.pipe.fileno())
+                queue.put_nowait({"cmd": "exit", "orphaned": True})
+
+        loop.add_reader(self.pipe.fileno(), read_command)
         while True:
             command = await queue.get()
             name = command.pop("cmd")
             if name == "exit":
                 await self.close_all(5)
-                self.pipe.send({"ok": True})
+                if not command.get("orphaned"):
+                    self.pipe.send({"ok": True})
                 return
             try:
                 result = await getattr(self, f"cmd_{name}")(**command)

@@ -7,7 +7,9 @@ phase. The test checks that every figure of every scenario is there, and the rep
 
 from __future__ import annotations
 
+import asyncio
 import json
+import multiprocessing
 import subprocess
 import sys
 
@@ -16,7 +18,7 @@ import pytest
 
 from deploy.local.topology import REPO
 from loadtest.bench import report
-from loadtest.bench.generator import MARK, send_times
+from loadtest.bench.generator import MARK, Worker, send_times
 from loadtest.bench.placement import balanced_senders, established_by_port
 from loadtest.bench.profile import summarise
 from loadtest.bench.runner import Config, build_specs, rooms_for
@@ -176,3 +178,10 @@ def test_send_times_fill_the_phase_with_the_rate_asked():
     assert min(numpy.diff(send_times(15.0, 100.0, "poisson"))) < 0.1 / 15
     with pytest.raises(ValueError):
         send_times(1.0, 1.0, "bursts")
+
+
+def test_a_worker_whose_orchestrator_is_gone_stops_instead_of_spinning():
+    """A worker left by a killed benchmark reads EOF on its pipe: it exits, once."""
+    parent, child = multiprocessing.Pipe()
+    parent.close()
+    asyncio.run(asyncio.wait_for(Worker(child).serve(), 10))

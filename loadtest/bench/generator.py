@@ -91,18 +91,22 @@ class Worker:
         def read_command() -> None:
             try:
                 queue.put_nowait(self.pipe.recv())
-            except EOFError:  # the orchestrator is gone: stop instead of spinning on EOF
+            except EOFError:
+                # The orchestrator is gone (killed): a pipe at EOF stays readable, so keeping
+                # the reader would raise here on every loop iteration, a core busy forever.
                 loop.remove_reader(self.pipe.fileno())
-                queue.put_nowait({"cmd": "exit", "orphaned": True})
+                queue.put_nowait(None)
 
         loop.add_reader(self.pipe.fileno(), read_command)
         while True:
             command = await queue.get()
+            if command is None:
+                await self.close_all(5)
+                return
             name = command.pop("cmd")
             if name == "exit":
                 await self.close_all(5)
-                if not command.get("orphaned"):
-                    self.pipe.send({"ok": True})
+                self.pipe.send({"ok": True})
                 return
             try:
                 result = await getattr(self, f"cmd_{name}")(**command)

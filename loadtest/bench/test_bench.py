@@ -181,7 +181,7 @@ def test_send_times_fill_the_phase_with_the_rate_asked():
 
 
 def test_a_worker_whose_orchestrator_is_gone_stops_instead_of_spinning():
-    """A worker left by a killed benchmark reads EOF on its pipe: it exits, once."""
+    """A worker left by a killed benchmark reads EOF on its pipe: it closes its sockets, exits."""
     parent, child = multiprocessing.Pipe()
     parent.close()
     asyncio.run(asyncio.wait_for(Worker(child).serve(), 10))

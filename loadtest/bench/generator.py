@@ -1,7 +1,8 @@
 """The load generator: a few OS processes, each an asyncio loop holding a share of the sockets.
 
 The orchestrator (`Generator`, synchronous) talks to each worker over a pipe, one command at a
-time. Workers use the plain `websockets` asyncio client (which offers permessage-deflate, as
+time. Workers hold their sockets with `loadtest.bench.wsclient` (`websockets`' sans-I/O
+protocol with a callback per message, no task per socket; it offers permessage-deflate, as
 browsers do). A sender puts `bench|<phase>|<counter>|<send time>` in the message text; every
 receiver finds that marker in the raw frame (no JSON decoding on the hot path) and records the
 broadcast round-trip time (receive time minus send time: all processes read the same clock),
@@ -20,6 +21,8 @@ import resource
 import time
 from array import array
 from dataclasses import dataclass, field
+
+from loadtest.bench.wsclient import Client
 
 MARK = "bench|"
 BUCKET = 10  # receive-time buckets per second
@@ -49,10 +52,9 @@ class Spec:
 @dataclass
 class _Conn:
     spec: Spec
-    ws: object = None
+    ws: Client | None = None
     last: int = -1
     ready: bool = False
-    task: asyncio.Task | None = None
 
 
 @dataclass
@@ -64,8 +66,8 @@ class _Stats:
 
 
 def _alive(conn: _Conn) -> bool:
-    """The connection is open and its reader still runs."""
-    return conn.ws is not None and conn.task is not None and not conn.task.done()
+    """The connection is open."""
+    return conn.ws is not None and conn.ws.open
 
 
 class Worker:
@@ -119,8 +121,6 @@ class Worker:
                           timeout: float, retries: int, ready_marker: str | None,
                           deadline: float) -> dict:
         """Open connections (bounded concurrency, a few retries); report timings and errors."""
-        import websockets
-
         self.ready_marker = ready_marker
         self.closing = False
         self.closed.clear()
@@ -134,22 +134,18 @@ class Worker:
             for attempt in range(retries + 1):
                 async with semaphore:
                     attempts["n"] += 1
+                    conn = _Conn(spec)
+                    conn.ready = self.ready_marker is None
                     try:
-                        kwargs = {}
-                        if spec.local_host:
-                            kwargs["local_addr"] = (spec.local_host, 0)
-                        ws = await websockets.connect(
-                            spec.url, additional_headers=spec.headers, open_timeout=timeout,
-                            ping_interval=None, max_size=None, max_queue=None, **kwargs,
+                        conn.ws = await Client.connect(
+                            spec.url, spec.headers, timeout,
+                            local_addr=(spec.local_host, 0) if spec.local_host else None,
+                            on_message=self._receiver(conn), on_close=self._closed,
                         )
                     except Exception as error:
                         errors[_error_name(error)] += 1
-                        ws = None
-                if ws is not None:
-                    conn = _Conn(spec, ws)
-                    conn.ready = self.ready_marker is None
+                if conn.ws is not None:
                     self.conns[spec.cid] = conn
-                    conn.task = asyncio.create_task(self._read(conn))
                     done_at.append(time.time())
                     return
                 await asyncio.sleep(0.2 * (attempt + 1) * random.uniform(0.5, 1.5))
@@ -184,47 +180,47 @@ class Worker:
         return sum(1 for c in self.conns.values() if _alive(c))
 
     # ------------------------------------------------------------------ receiving
-    async def _read(self, conn: _Conn) -> None:
-        import websockets
-
-        ws = conn.ws
+    def _receiver(self, conn: _Conn):
+        """The callback that reads `conn`'s messages, called by its protocol for each one."""
         stats = self.stats
         latencies = stats.latencies
         buckets = stats.buckets
         now = time.time
         marker = self.ready_marker
-        try:
-            async for text in ws:
-                if not isinstance(text, str):
-                    stats.other_frames += 1
-                    continue
-                i = text.find(MARK)
-                if i >= 0:
-                    received = now()
-                    j = text.find('"', i)
-                    _, phase, counter, sent = text[i:j].split("|")
-                    counter = int(counter)
-                    if counter <= conn.last:
-                        stats.duplicates += 1
-                        continue
-                    conn.last = counter
-                    values = latencies.get(phase)
-                    if values is None:
-                        values = latencies[phase] = array("f")
-                    values.append((received - float(sent)) * 1000.0)
-                    buckets[int(received * BUCKET)] += 1
-                elif marker is not None and not conn.ready and marker in text:
-                    conn.ready = True
-                elif '"heartbeat"' in text:
-                    frame = json.loads(text)
-                    await ws.send(json.dumps({"type": "pong", "ts": frame.get("ts")}))
-                else:
-                    stats.other_frames += 1
-        except websockets.ConnectionClosed:
-            pass
-        finally:
-            if not self.closing:
-                self.closed[str(ws.close_code)] += 1
+
+        def receive(ws: Client, text) -> None:
+            if not isinstance(text, str):
+                stats.other_frames += 1
+                return
+            i = text.find(MARK)
+            if i >= 0:
+                received = now()
+                j = text.find('"', i)
+                _, phase, counter, sent = text[i:j].split("|")
+                counter = int(counter)
+                if counter <= conn.last:
+                    stats.duplicates += 1
+                    return
+                conn.last = counter
+                values = latencies.get(phase)
+                if values is None:
+                    values = latencies[phase] = array("f")
+                values.append((received - float(sent)) * 1000.0)
+                buckets[int(received * BUCKET)] += 1
+            elif marker is not None and not conn.ready and marker in text:
+                conn.ready = True
+            elif '"heartbeat"' in text:
+                frame = json.loads(text)
+                ws.send_text(json.dumps({"type": "pong", "ts": frame.get("ts")}))
+            else:
+                stats.other_frames += 1
+
+        return receive
+
+    def _closed(self, code: int) -> None:
+        """Count a close the benchmark did not ask for, by its code."""
+        if not self.closing:
+            self.closed[str(code)] += 1
 
     # ------------------------------------------------------------------ sending
     async def cmd_phase(self, phase: str, rate: float, start_at: float, duration: float,
@@ -263,8 +259,6 @@ class Worker:
 
     async def _send(self, conn: _Conn, phase: str, rate: float, start_at: float,
                     duration: float, arrivals: str) -> tuple[int, float]:
-        import websockets
-
         sent = 0
         max_lag = 0.0
         room = conn.spec.room
@@ -281,9 +275,7 @@ class Worker:
             counter = self.counters[room]
             text = (f'{{"type":"message","message":"{MARK}{phase}|{counter}|{time.time():.6f}",'
                     f'"id":{counter}}}')
-            try:
-                await conn.ws.send(text)
-            except websockets.ConnectionClosed:
+            if not conn.ws.send_text(text):
                 break
             sent += 1
         return sent, max_lag
@@ -328,19 +320,14 @@ class Worker:
 
         async def close_one(conn: _Conn) -> None:
             async with semaphore:
-                try:
-                    await asyncio.wait_for(conn.ws.close(), 2)
-                except Exception:
-                    pass
+                await conn.ws.aclose(timeout=2)
 
         if conns:
             try:
                 await asyncio.wait_for(asyncio.gather(*(close_one(c) for c in conns)), timeout)
             except TimeoutError:
-                pass
-            for conn in conns:
-                if conn.task is not None and not conn.task.done():
-                    conn.task.cancel()
+                for conn in conns:
+                    conn.ws.transport.abort()
         self.ready_count = 0
 
 

@@ -319,9 +319,10 @@ def generated_section(results: list[dict], run: dict) -> str:
         "",
         f"- Packages: {packages}; {tools}",
         f"- Database: {run.get('database', '?')} for ours and stock alike.",
-        f"- Load generator: {run['config']['workers']} processes (asyncio + websockets "
-        f"client, permessage-deflate offered), {run['config']['concurrency']} handshakes in "
-        f"flight, {run['config']['users']} signed-in users per system; senders send at "
+        f"- Load generator: {run['config']['workers']} processes (asyncio, `websockets`' "
+        f"sans-I/O protocol, permessage-deflate offered), "
+        f"{run['config']['concurrency']} handshakes in flight, {run['config']['users']} "
+        f"signed-in users per system; senders send at "
         f"{_arrivals(run['config'].get('arrivals', 'staggered'))}; the WebSocket "
         f"processes are replaced before each scenario. Other work on the machine at each "
         f"scenario's start: {run['foreign_busy']}.",

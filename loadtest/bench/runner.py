@@ -27,7 +27,7 @@ import numpy
 
 from .generator import BUCKET, Generator, Spec
 from .placement import balanced_senders, process_of
-from .systems import System
+from .systems import System, cpu_seconds
 
 
 @dataclasses.dataclass
@@ -304,7 +304,12 @@ class Scenario:
                 rate = max(rate, 0.05)
             self.comfort_rate = rate
         duration = min(max(cfg.comfort_seconds, 10 / rate), 60)
+        # The servers' CPU and the load generator's: they share the cores, so what the client
+        # spends lengthens every server's tail.
+        server_before, generator_before = self.system.cpu_seconds(), self._generator_cpu()
         phase = gen.phase("c", rate, duration)
+        server_cpu = self.system.cpu_seconds() - server_before
+        generator_cpu = self._generator_cpu() - generator_before
         gen.wait_quiet(1.0, cfg.drain_timeout)
         self.collect()
         values = self.latencies.get("c", array("f"))
@@ -324,11 +329,19 @@ class Scenario:
             "p99_ms": percentile(values, 99),
             "max_ms": float(max(values)) if len(values) else None,
             "sender_lag_s": round(phase["max_lag"], 3),
+            "ws_cpu_ms_per_s": round(1000 * server_cpu / duration, 1),
+            "generator_cpu_ms_per_s": round(1000 * generator_cpu / duration, 1),
         }
         self.result["comfort"] = comfort
         self.log(f"  comfortable {rate:g} msg/s/room ({comfort['offered']:.0f} deliveries/s "
                  f"offered): RTT p50 {_ms(comfort['p50_ms'])} p99 {_ms(comfort['p99_ms'])}, "
-                 f"{len(values)}/{expected} delivered")
+                 f"{len(values)}/{expected} delivered; CPU ms/s: WebSocket processes "
+                 f"{comfort['ws_cpu_ms_per_s']:.0f}, load generator "
+                 f"{comfort['generator_cpu_ms_per_s']:.0f}")
+
+    def _generator_cpu(self) -> float:
+        """CPU seconds the load generator's workers used so far."""
+        return sum(cpu_seconds(pid) for pid in self.generator.pids())
 
     # ------------------------------------------------------------------ saturation
     def saturation_phases(self) -> None:

@@ -327,7 +327,7 @@ class Worker:
                 await asyncio.wait_for(asyncio.gather(*(close_one(c) for c in conns)), timeout)
             except TimeoutError:
                 for conn in conns:
-                    conn.ws.transport.abort()
+                    conn.ws.abort()
         self.ready_count = 0
 
 

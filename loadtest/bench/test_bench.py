@@ -12,13 +12,14 @@ import json
 import multiprocessing
 import subprocess
 import sys
+import time
 
 import numpy
 import pytest
 
 from deploy.local.topology import REPO
 from loadtest.bench import report
-from loadtest.bench.generator import MARK, Worker, send_times
+from loadtest.bench.generator import MARK, Spec, Worker, send_times
 from loadtest.bench.placement import balanced_senders, established_by_port
 from loadtest.bench.profile import summarise
 from loadtest.bench.runner import Config, build_specs, rooms_for
@@ -185,3 +186,45 @@ def test_a_worker_whose_orchestrator_is_gone_stops_instead_of_spinning():
     parent, child = multiprocessing.Pipe()
     parent.close()
     asyncio.run(asyncio.wait_for(Worker(child).serve(), 10))
+
+
+def test_a_worker_answers_a_heartbeat_that_comes_with_the_handshake():
+    """A server's first frame in the same read as its 101 is answered: the pong arrives."""
+    from websockets.frames import Opcode
+    from websockets.server import ServerProtocol
+
+    pongs = []
+
+    async def serve_one(reader, writer):
+        # websockets' sans-I/O server, so that the 101 and the heartbeat go out in one write.
+        server = ServerProtocol()
+        server.receive_data(await reader.readuntil(b"\r\n\r\n"))
+        [request] = server.events_received()
+        server.send_response(server.accept(request))
+        server.send_text(b'{"type":"heartbeat","ts":7}')
+        writer.write(b"".join(server.data_to_send()))
+        while not pongs and (data := await reader.read(65536)):
+            server.receive_data(data)
+            pongs.extend(json.loads(e.data) for e in server.events_received()
+                         if e.opcode is Opcode.TEXT)
+        writer.close()
+
+    async def main():
+        listener = await asyncio.start_server(serve_one, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        worker = Worker(multiprocessing.Pipe()[1])
+        spec = Spec(0, f"ws://127.0.0.1:{port}/ws/chat/r/", [], room=0)
+        opened = await worker.cmd_connect([spec], time.time(), concurrency=1, timeout=5,
+                                          retries=0, ready_marker=None,
+                                          deadline=time.time() + 10)
+        for _ in range(100):
+            if pongs:
+                break
+            await asyncio.sleep(0.05)
+        await worker.close_all(5)
+        listener.close()
+        return opened
+
+    opened = asyncio.run(asyncio.wait_for(main(), 20))
+    assert opened["opened"] == 1, opened
+    assert pongs == [{"type": "pong", "ts": 7}]

@@ -64,8 +64,7 @@ class Client(asyncio.Protocol):
         try:
             await asyncio.wait_for(handshake(), timeout)
         except BaseException:
-            if client.transport is not None:
-                client.transport.abort()
+            client.abort()
             raise
         return client
 
@@ -156,10 +155,15 @@ class Client(asyncio.Protocol):
             self.protocol.send_close(code)
             self._flush()
 
+    def abort(self) -> None:
+        """Drop the TCP connection at once, without a closing handshake."""
+        if self.transport is not None:
+            self.transport.abort()
+
     async def aclose(self, code: int = 1000, timeout: float = 2.0) -> None:
         """Close and wait for the connection to end, aborting it after `timeout`."""
         self.close(code)
         try:
             await asyncio.wait_for(asyncio.shield(self.closed), timeout)
         except TimeoutError:
-            self.transport.abort()
+            self.abort()

@@ -644,6 +644,39 @@ class SentinelTopology:
             lambda: f"sentinel states: {states}\n{self._logs()}",
         )
 
+    def _wait_master_settled(self, master: Address, timeout: float) -> None:
+        """Wait until every sentinel has named master, unflagged, for two down-after periods."""
+        hold = 2 * self.down_after_ms / 1000
+        since: list[float | None] = [None]
+        states: dict[str, str] = {}
+
+        def named_by(sentinel: _Process) -> bool:
+            with sentinel.client() as client:
+                state = _pairs(client.execute_command("SENTINEL", "MASTER", self.master_name))
+            states[sentinel.name] = f"master={state['ip']}:{state['port']} flags={state['flags']}"
+            return (state["ip"], int(state["port"])) == tuple(master) and (
+                state["flags"] == "master"
+            )
+
+        def check() -> bool | None:
+            try:
+                steady = all([named_by(s) for s in self._sentinels])
+            except (redis.RedisError, OSError):
+                steady = False
+            if not steady:
+                since[0] = None
+                return None
+            now = time.monotonic()
+            since[0] = since[0] or now
+            return True if now - since[0] >= hold else None
+
+        _poll(
+            f"every sentinel to keep {master[0]}:{master[1]} as an unflagged master",
+            check,
+            timeout,
+            lambda: f"sentinel states: {states}\n{self._logs()}",
+        )
+
     def kill_master(self) -> Address:
         """SIGKILL the current master (asked from a sentinel) by PID and return its address."""
         address = self.master_address()
@@ -699,6 +732,11 @@ class SentinelTopology:
             raise RuntimeError("restart_killed() needs a previous kill_master()")
         master = self._node_at(self.master_address())
         deadline = time.monotonic() + timeout
+        # With down-after as short as 1000 ms, a sentinel may flag the just-promoted master
+        # down about a second after switching to it (before its new link's first PING reply
+        # counts). With no replica that costs nothing; with the restarted node already back it
+        # is a second failover, to that node. So the node comes back only once that has passed.
+        self._wait_master_settled(master.address, max(0.5, deadline - time.monotonic()))
         self._launch_node(node, replicaof=master.address)
         node.wait_ready(timeout)
         self._wait_replica_online(master, node, max(0.5, deadline - time.monotonic()))

@@ -6,7 +6,9 @@ protocol with a callback per message, no task per socket; it offers permessage-d
 browsers do). A sender puts `bench|<phase>|<counter>|<send time>` in the message text; every
 receiver finds that marker in the raw frame (no JSON decoding on the hot path) and records the
 broadcast round-trip time (receive time minus send time: all processes read the same clock),
-per phase, plus receive counts in 100 ms buckets for throughput windows.
+per phase, the earliest delivery of each message (merged over the workers: the server's part
+of a broadcast, before its fan-out), plus receive counts in 100 ms buckets for throughput
+windows.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class _Conn:
 @dataclass
 class _Stats:
     latencies: dict[str, array] = field(default_factory=dict)  # phase -> ms (float32)
+    # phase -> {message key: ms} of the earliest member of this worker to receive it
+    firsts: dict[str, dict[int, float]] = field(default_factory=dict)
     buckets: collections.Counter = field(default_factory=collections.Counter)
     duplicates: int = 0
     other_frames: int = 0
@@ -184,7 +188,9 @@ class Worker:
         """The callback that reads `conn`'s messages, called by its protocol for each one."""
         stats = self.stats
         latencies = stats.latencies
+        firsts = stats.firsts
         buckets = stats.buckets
+        room_key = conn.spec.room << 32
         now = time.time
         marker = self.ready_marker
 
@@ -205,7 +211,14 @@ class Worker:
                 values = latencies.get(phase)
                 if values is None:
                     values = latencies[phase] = array("f")
-                values.append((received - float(sent)) * 1000.0)
+                latency = (received - float(sent)) * 1000.0
+                values.append(latency)
+                earliest = firsts.get(phase)
+                if earliest is None:
+                    earliest = firsts[phase] = {}
+                key = room_key | counter
+                if latency < earliest.get(key, latency + 1.0):
+                    earliest[key] = latency
                 buckets[int(received * BUCKET)] += 1
             elif marker is not None and not conn.ready and marker in text:
                 conn.ready = True
@@ -286,6 +299,8 @@ class Worker:
         stats = self.stats
         result = {
             "latencies": {k: v.tobytes() for k, v in stats.latencies.items()},
+            "firsts": {k: (array("q", v.keys()).tobytes(), array("f", v.values()).tobytes())
+                       for k, v in stats.firsts.items()},
             "buckets": dict(stats.buckets),
             "duplicates": stats.duplicates,
             "other_frames": stats.other_frames,
@@ -296,6 +311,7 @@ class Worker:
             # In place: every reader holds references to these containers.
             self.last_bucket = max(stats.buckets, default=self.last_bucket)
             stats.latencies.clear()
+            stats.firsts.clear()
             stats.buckets.clear()
             stats.duplicates = 0
             stats.other_frames = 0
@@ -339,6 +355,19 @@ def _error_name(error: BaseException) -> str:
 
 
 ARRIVALS = ("poisson", "staggered")  # the arrival models of send_times
+
+
+def merge_firsts(into: dict[int, float], pairs) -> dict[int, float]:
+    """Keep the earliest delivery per message: the workers' (message key, ms) pairs into `into`.
+
+    Each worker sees only its share of a room's members; a message's first delivery is the
+    earliest over all of them, so the server's part of a broadcast (before any member has it)
+    can be told from the fan-out's.
+    """
+    for key, latency in pairs:
+        if latency < into.get(key, latency + 1.0):
+            into[key] = latency
+    return into
 
 
 def send_times(rate: float, duration: float, arrivals: str) -> list[float]:
@@ -464,16 +493,23 @@ class Generator:
         """Merged statistics of every worker."""
         answers = self.broadcast({"cmd": "stats", "reset": reset}, 60)
         latencies: dict[str, array] = {}
+        firsts: dict[str, dict[int, float]] = {}
         buckets: collections.Counter = collections.Counter()
         closed: collections.Counter = collections.Counter()
         for answer in answers:
             for phase, raw in answer["latencies"].items():
                 values = latencies.setdefault(phase, array("f"))
                 values.frombytes(raw)
+            for phase, (raw_keys, raw_values) in answer["firsts"].items():
+                keys, values = array("q"), array("f")
+                keys.frombytes(raw_keys)
+                values.frombytes(raw_values)
+                merge_firsts(firsts.setdefault(phase, {}), zip(keys, values, strict=True))
             buckets.update(answer["buckets"])
             closed.update(answer["closed"])
         return {
             "latencies": latencies,
+            "firsts": firsts,
             "buckets": buckets,
             "duplicates": sum(a["duplicates"] for a in answers),
             "other_frames": sum(a["other_frames"] for a in answers),

@@ -28,6 +28,9 @@ FIGURES = (
 # best saturation step, which does not depend on how much CPU the load generator took.
 EXTRA = (
     ("WS process CPU per delivery (µs)", ("saturation", "cpu_us_per_delivery"), "low"),
+    # Each message's earliest member: where this is close to the RTT p99, whole messages are
+    # late (the server's path before the fan-out), not single members.
+    ("first-member RTT p99 at comfortable load (ms)", ("comfort", "first_p99_ms"), "low"),
 )
 
 
@@ -89,10 +92,11 @@ def figures_table(results: list[dict]) -> str:
     """Markdown table: one row per size and system."""
     rows = [
         "| room size | system | sockets (rooms) | connect conn/s (failed) | KiB per idle socket "
-        "| comfortable load | RTT p50 | RTT p99 | delivered | saturation deliveries/s "
+        "| comfortable load | RTT p50 | RTT p99 | first member p50 / p99 | delivered "
+        "| saturation deliveries/s "
         "| p99 at best step | loss in steps | CPU per delivery | duplicates |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-        "| ---: | ---: |",
+        "| ---: | ---: | ---: |",
     ]
     for result in sorted(results, key=lambda r: (r["size"], SYSTEMS.index(r["system"]))):
         connect = result.get("connect", {})
@@ -109,6 +113,7 @@ def figures_table(results: list[dict]) -> str:
             f"{_num(comfort.get('offered'))}/s ({_share(comfort.get('share_of_own_saturation'))} "
             f"of own saturation) "
             f"| {_rtt(comfort, 'p50_ms')} | {_rtt(comfort, 'p99_ms')} "
+            f"| {_rtt(comfort, 'first_p50_ms')} / {_rtt(comfort, 'first_p99_ms')} "
             f"| {delivered} | {_num(saturation.get('throughput'))} "
             f"| {_num(saturation.get('p99_ms_at_best'))} ms "
             f"| {'-' if loss is None else f'{loss:.2%}'} "

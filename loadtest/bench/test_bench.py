@@ -19,7 +19,7 @@ import pytest
 
 from deploy.local.topology import REPO
 from loadtest.bench import report
-from loadtest.bench.generator import MARK, Spec, Worker, send_times
+from loadtest.bench.generator import MARK, Spec, Worker, _Conn, merge_firsts, send_times
 from loadtest.bench.placement import balanced_senders, established_by_port
 from loadtest.bench.profile import summarise
 from loadtest.bench.runner import Config, build_specs, rooms_for
@@ -104,6 +104,7 @@ def test_tiny_benchmark_reports_every_figure(tmp_path):
     for result in scenarios:
         assert result["connect"]["opened"] == 40, result
         assert result["comfort"]["delivered"] > 0, result
+        assert 0 < result["comfort"]["first_p99_ms"] <= result["comfort"]["max_ms"], result
         assert result["saturation"]["steps"], result
         assert result["memory"]["after_kib"] > 0, result
     sessions = outcome["run"]["sessions"]
@@ -228,3 +229,38 @@ def test_a_worker_answers_a_heartbeat_that_comes_with_the_handshake():
     opened = asyncio.run(asyncio.wait_for(main(), 20))
     assert opened["opened"] == 1, opened
     assert pongs == [{"type": "pong", "ts": 7}]
+
+
+def test_a_message_counts_once_as_first_delivered_at_its_earliest_member():
+    """Per message, the first delivery is the earliest member's, in a worker and over workers."""
+    from array import array
+
+    worker = Worker(multiprocessing.Pipe()[1])
+    members = [_Conn(Spec(cid, "ws://x/", [], room=3)) for cid in range(3)]
+    other_room = _Conn(Spec(9, "ws://x/", [], room=4))
+    sent = time.time() - 0.010  # sent 10 ms ago
+
+    def deliver(conn, counter):
+        text = f'{{"type":"message","message":"{MARK}c|{counter}|{sent:.6f}"}}'
+        worker._receiver(conn)(None, text)
+
+    deliver(members[0], 1)
+    time.sleep(0.1)
+    deliver(members[1], 1)
+    deliver(members[2], 1)
+    deliver(other_room, 1)  # the same counter in another room is another message
+    stats = asyncio.run(worker.cmd_stats(reset=True))
+
+    keys, values = array("q"), array("f")
+    keys.frombytes(stats["firsts"]["c"][0])
+    values.frombytes(stats["firsts"]["c"][1])
+    firsts = dict(zip(keys, values, strict=True))
+    latencies = array("f")
+    latencies.frombytes(stats["latencies"]["c"])
+    assert len(latencies) == 4 and len(firsts) == 2
+    assert firsts[(3 << 32) | 1] == min(latencies[:3]) < 50 < 100 < max(latencies[:3])
+    assert asyncio.run(worker.cmd_stats())["firsts"] == {}  # reset
+
+    # Another worker's member of room 3 got it sooner; one of room 4 later.
+    merged = merge_firsts(dict(firsts), [((3 << 32) | 1, 2.0), ((4 << 32) | 1, 500.0)])
+    assert merged == {(3 << 32) | 1: 2.0, (4 << 32) | 1: firsts[(4 << 32) | 1]}

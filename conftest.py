@@ -5,6 +5,23 @@ import pytest
 pytest_plugins = ["tests.support.fixtures"]
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup):
+    """pytest-django's test databases, with the database thread's connection closed at the end.
+
+    Async tests reach the database through channels' database_sync_to_async, which runs in
+    asgiref's one shared thread; with CONN_MAX_AGE that thread's connection outlives the tests,
+    and PostgreSQL refused to drop the test database ("being accessed by other users").
+    """
+    yield
+    import asyncio
+
+    from channels.db import database_sync_to_async
+    from django.db import connections
+
+    asyncio.run(database_sync_to_async(connections.close_all)())
+
+
 @pytest.fixture
 def redis_layer(redis_url, settings):
     """Point the channel layer, the store (presence, rate limits) and the cache at real Redis."""

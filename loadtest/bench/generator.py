@@ -217,6 +217,7 @@ class Worker:
                 if earliest is None:
                     earliest = firsts[phase] = {}
                 key = room_key | counter
+                # merge_firsts for one pair, inline: this runs once per delivery.
                 if latency < earliest.get(key, latency + 1.0):
                     earliest[key] = latency
                 buckets[int(received * BUCKET)] += 1

@@ -350,6 +350,11 @@ class Scenario:
                  f"{comfort['ws_cpu_ms_per_s']:.0f}, load generator "
                  f"{comfort['generator_cpu_ms_per_s']:.0f}")
 
+    def _forget_phase(self, phase: str) -> None:
+        """Drop what was collected of one phase (its latencies and its first deliveries)."""
+        self.latencies.pop(phase, None)
+        self.firsts.pop(phase, None)
+
     def _generator_cpu(self) -> float:
         """CPU seconds the load generator's workers used so far."""
         return sum(cpu_seconds(pid) for pid in self.generator.pids())
@@ -428,8 +433,7 @@ class Scenario:
         self.generator.phase("p", rate, cfg.profile_seconds + 2)
         self.result["profile"] = recorder.finish()
         self.generator.wait_quiet(1.5, cfg.drain_timeout)
-        self.latencies.pop("p", None)
-        self.firsts.pop("p", None)
+        self._forget_phase("p")
         self.log(f"  profile: {self.result['profile'].get('files')}")
 
 

@@ -601,6 +601,15 @@ class SentinelTopology:
             lambda: master.log_tail(15) + "\n" + replica.log_tail(15),
         )
 
+    def _master_state(self, client: redis.Redis) -> dict[str, Any]:
+        """One sentinel's SENTINEL MASTER answer for the monitored master, as a dict."""
+        return _pairs(client.execute_command("SENTINEL", "MASTER", self.master_name))
+
+    @staticmethod
+    def _names_unflagged(state: dict[str, Any], master: Address) -> bool:
+        """The sentinel's answer names `master` and flags it neither down nor failing over."""
+        return (state["ip"], int(state["port"])) == tuple(master) and state["flags"] == "master"
+
     def _wait_sentinels_agree(
         self, master: Address, replicas: list[Address], timeout: float
     ) -> None:
@@ -611,7 +620,7 @@ class SentinelTopology:
         def check_one(sentinel: _Process) -> bool:
             sentinel._check_alive()
             with sentinel.client() as client:
-                state = _pairs(client.execute_command("SENTINEL", "MASTER", self.master_name))
+                state = self._master_state(client)
                 peers = client.execute_command("SENTINEL", "SENTINELS", self.master_name)
                 known = [
                     _pairs(r)
@@ -627,8 +636,7 @@ class SentinelTopology:
                 f"peers={len(peers)} healthy_replicas={sorted(healthy)}"
             )
             return (
-                (state["ip"], int(state["port"])) == tuple(master)
-                and state["flags"] == "master"
+                self._names_unflagged(state, master)
                 and len(peers) == self.SENTINEL_COUNT - 1
                 and wanted_replicas <= healthy
             )
@@ -652,11 +660,9 @@ class SentinelTopology:
 
         def named_by(sentinel: _Process) -> bool:
             with sentinel.client() as client:
-                state = _pairs(client.execute_command("SENTINEL", "MASTER", self.master_name))
+                state = self._master_state(client)
             states[sentinel.name] = f"master={state['ip']}:{state['port']} flags={state['flags']}"
-            return (state["ip"], int(state["port"])) == tuple(master) and (
-                state["flags"] == "master"
-            )
+            return self._names_unflagged(state, master)
 
         def check() -> bool | None:
             try:

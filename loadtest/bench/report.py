@@ -31,6 +31,11 @@ EXTRA = (
     # Each message's earliest member: where this is close to the RTT p99, whole messages are
     # late (the server's path before the fan-out), not single members.
     ("first-member RTT p99 at comfortable load (ms)", ("comfort", "first_p99_ms"), "low"),
+    # The whole machine at the same offered load: every process on the shared cores (servers,
+    # nginx, Redis, the generator), and how long tasks stood waiting for a core (Linux PSI).
+    ("machine CPU at comfortable load (ms/s)", ("comfort", "machine_cpu_ms_per_s"), "low"),
+    ("waiting for a CPU at comfortable load (ms/s)", ("comfort", "cpu_pressure_ms_per_s"),
+     "low"),
 )
 
 

@@ -19,6 +19,7 @@ For each size (ascending) and each system in turn, a scenario:
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from array import array
 from pathlib import Path
@@ -106,17 +107,43 @@ def percentile(values: array, q: float) -> float | None:
     return float(numpy.percentile(numpy.frombuffer(values, dtype=numpy.float32), q))
 
 
+def _cpu_ticks(stat_text: str) -> tuple[int, int]:
+    """(all, idle) clock ticks of every CPU together, from /proc/stat's first line."""
+    fields = [int(x) for x in stat_text.splitlines()[0].split()[1:]]
+    return sum(fields), fields[3] + fields[4]  # idle and iowait
+
+
 def cpu_busy(seconds: float = 2.0) -> float:
     """Share of all CPUs busy (not idle/iowait) over a short window, from /proc/stat."""
-    def sample():
-        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        idle = fields[3] + fields[4]
-        return sum(fields), idle
-
-    total0, idle0 = sample()
+    total0, idle0 = _cpu_ticks(Path("/proc/stat").read_text())
     time.sleep(seconds)
-    total1, idle1 = sample()
+    total1, idle1 = _cpu_ticks(Path("/proc/stat").read_text())
     return 1 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def machine_cpu_seconds(stat_text: str | None = None) -> float:
+    """CPU seconds every process of the machine has spent since boot (not idle nor iowait)."""
+    total, idle = _cpu_ticks(stat_text if stat_text is not None
+                             else Path("/proc/stat").read_text())
+    return (total - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_pressure_seconds(pressure_text: str | None = None) -> float | None:
+    """Seconds since boot during which some runnable task waited for a CPU (Linux PSI).
+
+    None where the kernel has no /proc/pressure/cpu. Over a phase, the growth per second says
+    how much of it the cores were oversubscribed: queueing that every hop of a message pays.
+    """
+    if pressure_text is None:
+        try:
+            pressure_text = Path("/proc/pressure/cpu").read_text()
+        except OSError:
+            return None
+    for line in pressure_text.splitlines():
+        if line.startswith("some "):
+            total = dict(item.split("=", 1) for item in line.split()[1:])["total"]
+            return int(total) / 1e6  # microseconds
+    return None
 
 
 def wait_quiet_machine(config: Config, log) -> float:
@@ -310,10 +337,17 @@ class Scenario:
         duration = min(max(cfg.comfort_seconds, 10 / rate), 60)
         # The servers' CPU and the load generator's: they share the cores, so what the client
         # spends lengthens every server's tail.
+        # The whole machine's too, and how long runnable tasks waited for a core (PSI): on
+        # two shared cores a busy machine is a queue that every hop of a message waits in.
         server_before, generator_before = self.system.cpu_seconds(), self._generator_cpu()
+        machine_before, pressure_before = machine_cpu_seconds(), cpu_pressure_seconds()
         phase = gen.phase("c", rate, duration)
         server_cpu = self.system.cpu_seconds() - server_before
         generator_cpu = self._generator_cpu() - generator_before
+        machine_cpu = machine_cpu_seconds() - machine_before
+        pressure_after = cpu_pressure_seconds()
+        pressure = (None if pressure_before is None or pressure_after is None
+                    else pressure_after - pressure_before)
         gen.wait_quiet(1.0, cfg.drain_timeout)
         self.collect()
         values = self.latencies.get("c", array("f"))
@@ -340,6 +374,9 @@ class Scenario:
             "sender_lag_s": round(phase["max_lag"], 3),
             "ws_cpu_ms_per_s": round(1000 * server_cpu / duration, 1),
             "generator_cpu_ms_per_s": round(1000 * generator_cpu / duration, 1),
+            "machine_cpu_ms_per_s": round(1000 * machine_cpu / duration, 1),
+            "cpu_pressure_ms_per_s": (None if pressure is None
+                                      else round(1000 * pressure / duration, 1)),
         }
         self.result["comfort"] = comfort
         self.log(f"  comfortable {rate:g} msg/s/room ({comfort['offered']:.0f} deliveries/s "
@@ -348,7 +385,10 @@ class Scenario:
                  f"p99 {_ms(comfort['first_p99_ms'])}), "
                  f"{len(values)}/{expected} delivered; CPU ms/s: WebSocket processes "
                  f"{comfort['ws_cpu_ms_per_s']:.0f}, load generator "
-                 f"{comfort['generator_cpu_ms_per_s']:.0f}")
+                 f"{comfort['generator_cpu_ms_per_s']:.0f}, machine "
+                 f"{comfort['machine_cpu_ms_per_s']:.0f} of {1000 * (os.cpu_count() or 1)}"
+                 + ("" if pressure is None else
+                    f", some task waiting for a CPU {comfort['cpu_pressure_ms_per_s']:.0f}"))
 
     def _forget_phase(self, phase: str) -> None:
         """Drop what was collected of one phase (its latencies and its first deliveries)."""

@@ -22,7 +22,13 @@ from loadtest.bench import report
 from loadtest.bench.generator import MARK, Spec, Worker, _Conn, merge_firsts, send_times
 from loadtest.bench.placement import balanced_senders, established_by_port
 from loadtest.bench.profile import summarise
-from loadtest.bench.runner import Config, build_specs, rooms_for
+from loadtest.bench.runner import (
+    Config,
+    build_specs,
+    cpu_pressure_seconds,
+    machine_cpu_seconds,
+    rooms_for,
+)
 from loadtest.bench.systems import Ceiling
 
 # Ports().shifted(5500) for ours (nginx 13500, sentinels 31880-31882), stock on 14000, the
@@ -42,6 +48,20 @@ def test_a_swamped_baseline_that_delivered_nothing_is_a_figure_not_a_gap():
     assert report.missing_figures([scenario("stock")]) == []
     assert len(report.missing_figures([scenario("ours")])) == 2
     assert "| none arrived | none arrived |" in report.figures_table([scenario("stock")])
+
+
+def test_the_machine_is_read_as_busy_cpu_seconds_and_seconds_of_waiting_for_a_cpu():
+    """/proc/stat without idle and iowait, in seconds; PSI's `some` total, in seconds."""
+    import os
+
+    hz = os.sysconf("SC_CLK_TCK")
+    stat = "cpu  100 5 40 900 30 0 15 2 0 0\ncpu0 50 2 20 450 15 0 7 1 0 0\n"
+    assert machine_cpu_seconds(stat) == (100 + 5 + 40 + 15 + 2) / hz
+    pressure = ("some avg10=1.50 avg60=0.40 avg300=0.10 total=2500000\n"
+                "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+    assert cpu_pressure_seconds(pressure) == 2.5
+    assert cpu_pressure_seconds("") is None
+    assert machine_cpu_seconds() > 0  # this machine's own, since boot
 
 
 def test_rooms_and_specs_spread_senders_over_workers(tmp_path):
@@ -107,6 +127,7 @@ def test_tiny_benchmark_reports_every_figure(tmp_path):
         assert 0 < result["comfort"]["first_p99_ms"] <= result["comfort"]["max_ms"], result
         assert result["saturation"]["steps"], result
         assert result["memory"]["after_kib"] > 0, result
+        assert result["comfort"]["machine_cpu_ms_per_s"] > 0, result
     sessions = outcome["run"]["sessions"]
     assert sessions["ours"]["session_queries"] == 0, sessions
     assert sessions["stock"]["session_queries"] == 1, sessions

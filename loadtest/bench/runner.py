@@ -335,10 +335,9 @@ class Scenario:
                 rate = max(rate, 0.05)
             self.comfort_rate = rate
         duration = min(max(cfg.comfort_seconds, 10 / rate), 60)
-        # The servers' CPU and the load generator's: they share the cores, so what the client
-        # spends lengthens every server's tail.
-        # The whole machine's too, and how long runnable tasks waited for a core (PSI): on
-        # two shared cores a busy machine is a queue that every hop of a message waits in.
+        # The servers' CPU, the load generator's and the whole machine's, and how long runnable
+        # tasks waited for a core (PSI): they share the cores, so a busy machine is a queue
+        # that every hop of a message waits in.
         server_before, generator_before = self.system.cpu_seconds(), self._generator_cpu()
         machine_before, pressure_before = machine_cpu_seconds(), cpu_pressure_seconds()
         phase = gen.phase("c", rate, duration)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import os
 import subprocess
 import sys
 import time
@@ -52,8 +53,6 @@ def test_a_swamped_baseline_that_delivered_nothing_is_a_figure_not_a_gap():
 
 def test_the_machine_is_read_as_busy_cpu_seconds_and_seconds_of_waiting_for_a_cpu():
     """/proc/stat without idle and iowait, in seconds; PSI's `some` total, in seconds."""
-    import os
-
     hz = os.sysconf("SC_CLK_TCK")
     stat = "cpu  100 5 40 900 30 0 15 2 0 0\ncpu0 50 2 20 450 15 0 7 1 0 0\n"
     assert machine_cpu_seconds(stat) == (100 + 5 + 40 + 15 + 2) / hz

@@ -36,6 +36,12 @@ EXTRA = (
     ("machine CPU at comfortable load (ms/s)", ("comfort", "machine_cpu_ms_per_s"), "low"),
     ("waiting for a CPU at comfortable load (ms/s)", ("comfort", "cpu_pressure_ms_per_s"),
      "low"),
+    # How the same load was scheduled: the WebSocket processes' event loops preempted (their
+    # broadcasts leave in more bursts), and nginx's workers woken per delivered frame.
+    ("event loops preempted at comfortable load (per s)",
+     ("comfort", "ws_loop_preempted_per_s"), "low"),
+    ("nginx wake-ups per 1000 deliveries at comfortable load",
+     ("comfort", "nginx_wakeups_per_1000_deliveries"), "low"),
 )
 
 

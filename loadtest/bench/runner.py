@@ -338,9 +338,13 @@ class Scenario:
         # The servers' CPU, the load generator's and the whole machine's, and how long runnable
         # tasks waited for a core (PSI): they share the cores, so a busy machine is a queue
         # that every hop of a message waits in.
+        # And how the servers' event loops and nginx were scheduled: a preempted loop sends a
+        # broadcast's frames in several bursts, each of which wakes nginx and the clients again.
         server_before, generator_before = self.system.cpu_seconds(), self._generator_cpu()
         machine_before, pressure_before = machine_cpu_seconds(), cpu_pressure_seconds()
+        loops_before, nginx_before = self.system.loop_switches(), self.system.nginx_wakeups()
         phase = gen.phase("c", rate, duration)
+        loops_after, nginx_after = self.system.loop_switches(), self.system.nginx_wakeups()
         server_cpu = self.system.cpu_seconds() - server_before
         generator_cpu = self._generator_cpu() - generator_before
         machine_cpu = machine_cpu_seconds() - machine_before
@@ -376,6 +380,10 @@ class Scenario:
             "machine_cpu_ms_per_s": round(1000 * machine_cpu / duration, 1),
             "cpu_pressure_ms_per_s": (None if pressure is None
                                       else round(1000 * pressure / duration, 1)),
+            "ws_loop_sleeps_per_s": round((loops_after[0] - loops_before[0]) / duration, 1),
+            "ws_loop_preempted_per_s": round((loops_after[1] - loops_before[1]) / duration, 1),
+            "nginx_wakeups_per_1000_deliveries": (
+                round(1000 * (nginx_after - nginx_before) / len(values), 1) if values else None),
         }
         self.result["comfort"] = comfort
         self.log(f"  comfortable {rate:g} msg/s/room ({comfort['offered']:.0f} deliveries/s "
@@ -387,7 +395,11 @@ class Scenario:
                  f"{comfort['generator_cpu_ms_per_s']:.0f}, machine "
                  f"{comfort['machine_cpu_ms_per_s']:.0f} of {1000 * (os.cpu_count() or 1)}"
                  + ("" if pressure is None else
-                    f", some task waiting for a CPU {comfort['cpu_pressure_ms_per_s']:.0f}"))
+                    f", some task waiting for a CPU {comfort['cpu_pressure_ms_per_s']:.0f}")
+                 + f"; event loops preempted {comfort['ws_loop_preempted_per_s']:.0f}/s"
+                 + ("" if not values else
+                    f", nginx woken {comfort['nginx_wakeups_per_1000_deliveries']:.0f} times "
+                    "per 1000 deliveries"))
 
     def _forget_phase(self, phase: str) -> None:
         """Drop what was collected of one phase (its latencies and its first deliveries)."""

@@ -98,6 +98,48 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def context_switches(pid: int, proc: Path = Path("/proc")) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of a process's main thread so far.
+
+    The main thread of every WebSocket process here is its event loop: a voluntary switch is
+    a sleep with nothing to do, an involuntary one a preemption (another task took its core).
+    (0, 0) when the process is gone.
+    """
+    try:
+        text = (proc / str(pid) / "status").read_text()
+    except OSError:
+        return 0, 0
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    try:
+        return (int(fields["voluntary_ctxt_switches"]),
+                int(fields["nonvoluntary_ctxt_switches"]))
+    except (KeyError, ValueError):
+        return 0, 0
+
+
+def nginx_workers(prefix: Path, proc: Path = Path("/proc")) -> list[int]:
+    """PIDs of the worker processes of the nginx master started with `-p prefix`."""
+    commands: dict[int, str] = {}
+    parents: dict[int, int] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="replace")
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile, or a kernel thread
+        if command.startswith("nginx: "):
+            commands[int(entry.name)], parents[int(entry.name)] = command, parent
+    # nginx renames its master "nginx: master process <its command line>", workers
+    # "nginx: worker process".
+    masters = {pid for pid, command in commands.items()
+               if command.startswith("nginx: master") and f"-p {prefix} " in f"{command} "}
+    return sorted(pid for pid, command in commands.items()
+                  if command.startswith("nginx: worker") and parents[pid] in masters)
+
+
 class Nginx:
     """nginx rendered from deploy/nginx/nginx.conf.tmpl for our own ports, run by PID."""
 
@@ -161,6 +203,7 @@ class System:
     name = "?"
     ready_marker: str | None = None
     nginx_port = 0
+    nginx_prefix = Path("/nonexistent")  # the nginx state folder (its -p)
     ws_ports: list[int] = []
 
     @property
@@ -189,6 +232,15 @@ class System:
         """Summed CPU seconds of the WebSocket processes."""
         return sum(cpu_seconds(pid) for pid in self.ws_pids())
 
+    def loop_switches(self) -> tuple[int, int]:
+        """(voluntary, involuntary) context switches of the WebSocket processes' event loops."""
+        counts = [context_switches(pid) for pid in self.ws_pids()]
+        return sum(c[0] for c in counts), sum(c[1] for c in counts)
+
+    def nginx_wakeups(self) -> int:
+        """Times this system's nginx workers went to sleep and were woken so far."""
+        return sum(context_switches(pid)[0] for pid in nginx_workers(self.nginx_prefix))
+
     def ports(self) -> list[int]:
         """Every port this system listens on."""
         raise NotImplementedError
@@ -205,6 +257,7 @@ class Ours(System):
                                        monitoring=False, ws_env=ws_env or {})
         self.nginx_port = self.topology.ports.nginx
         self.ws_ports = list(self.topology.ports.ws)
+        self.nginx_prefix = self.topology.state / "nginx"
         self._cookies: list[str] = []
 
     def ports(self) -> list[int]:
@@ -313,6 +366,7 @@ class _Processes(System):
         self.redis = RedisServer(state / "redis", base_port + 20)
         self.nginx = Nginx(state / "nginx", base_port, self.ws_ports, self.ws_ports,
                            base_port + 90)
+        self.nginx_prefix = self.nginx.state
         self.procs: list[subprocess.Popen | None] = [None, None]
 
     def ports(self) -> list[int]:

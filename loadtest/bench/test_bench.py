@@ -30,7 +30,7 @@ from loadtest.bench.runner import (
     machine_cpu_seconds,
     rooms_for,
 )
-from loadtest.bench.systems import Ceiling
+from loadtest.bench.systems import Ceiling, context_switches, nginx_workers
 
 # Ports().shifted(5500) for ours (nginx 13500, sentinels 31880-31882), stock on 14000, the
 # ceiling on 14100: clear of `make run`, the other tests' topologies (offsets 1000-5000) and
@@ -61,6 +61,36 @@ def test_the_machine_is_read_as_busy_cpu_seconds_and_seconds_of_waiting_for_a_cp
     assert cpu_pressure_seconds(pressure) == 2.5
     assert cpu_pressure_seconds("") is None
     assert machine_cpu_seconds() > 0  # this machine's own, since boot
+
+
+def test_loops_and_nginx_are_read_as_context_switches_of_the_right_processes(tmp_path):
+    """A main thread's (voluntary, involuntary) switches; only the workers of the named nginx."""
+    proc = tmp_path / "proc"
+
+    def process(pid: int, parent: int, command: bytes, status: str = "") -> None:
+        folder = proc / str(pid)
+        folder.mkdir(parents=True)
+        (folder / "cmdline").write_bytes(command)
+        (folder / "stat").write_text(f"{pid} (x y) S {parent} {pid} 0 0\n")
+        (folder / "status").write_text(status)
+
+    ours, other = tmp_path / "ours" / "nginx", tmp_path / "stock" / "nginx"
+    process(10, 1, f"nginx: master process /usr/sbin/nginx -p {ours} -c {ours}/nginx.conf"
+            .encode())
+    process(11, 10, b"nginx: worker process\0\0", "voluntary_ctxt_switches:\t120\n"
+            "nonvoluntary_ctxt_switches:\t7\n")
+    process(12, 10, b"nginx: worker process\0")
+    process(20, 1, f"nginx: master process /usr/sbin/nginx -p {other}".encode())
+    process(21, 20, b"nginx: worker process\0")
+    process(30, 1, b"python\0-m\0app.realtime.wsserver\0")
+    (proc / "self").mkdir()
+    assert nginx_workers(ours, proc) == [11, 12]
+    assert nginx_workers(other, proc) == [21]
+    assert nginx_workers(tmp_path / "ours", proc) == []  # a prefix of a prefix is not it
+    assert context_switches(11, proc) == (120, 7)
+    assert context_switches(12, proc) == (0, 0)  # no figures
+    assert context_switches(99, proc) == (0, 0)  # gone
+    assert context_switches(os.getpid())[0] > 0  # this process's own, from the real /proc
 
 
 def test_rooms_and_specs_spread_senders_over_workers(tmp_path):
@@ -127,6 +157,8 @@ def test_tiny_benchmark_reports_every_figure(tmp_path):
         assert result["saturation"]["steps"], result
         assert result["memory"]["after_kib"] > 0, result
         assert result["comfort"]["machine_cpu_ms_per_s"] > 0, result
+        assert result["comfort"]["ws_loop_sleeps_per_s"] > 0, result
+        assert result["comfort"]["nginx_wakeups_per_1000_deliveries"] > 0, result
     sessions = outcome["run"]["sessions"]
     assert sessions["ours"]["session_queries"] == 0, sessions
     assert sessions["stock"]["session_queries"] == 1, sessions

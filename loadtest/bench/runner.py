@@ -28,7 +28,7 @@ import numpy
 
 from .generator import BUCKET, Generator, Spec, merge_firsts
 from .placement import balanced_senders, process_of
-from .systems import System, cpu_seconds
+from .systems import System, cpu_seconds, switches
 
 
 @dataclasses.dataclass
@@ -335,16 +335,17 @@ class Scenario:
                 rate = max(rate, 0.05)
             self.comfort_rate = rate
         duration = min(max(cfg.comfort_seconds, 10 / rate), 60)
-        # The servers' CPU, the load generator's and the whole machine's, and how long runnable
-        # tasks waited for a core (PSI): they share the cores, so a busy machine is a queue
-        # that every hop of a message waits in.
-        # And how the servers' event loops and nginx were scheduled: a preempted loop sends a
-        # broadcast's frames in several bursts, each of which wakes nginx and the clients again.
+        # The servers' CPU, the load generator's and the whole machine's, how long runnable
+        # tasks waited for a core (PSI), and how the servers' event loops and nginx were
+        # scheduled: they share the cores, so a busy machine is a queue that every hop of a
+        # message waits in, and a preempted loop sends a broadcast's frames in several bursts,
+        # each waking nginx and the clients again. The processes are looked up once.
+        loops, workers = self.system.ws_pids(), self.system.nginx_workers()
         server_before, generator_before = self.system.cpu_seconds(), self._generator_cpu()
         machine_before, pressure_before = machine_cpu_seconds(), cpu_pressure_seconds()
-        loops_before, nginx_before = self.system.loop_switches(), self.system.nginx_wakeups()
+        loops_before, nginx_before = switches(loops), switches(workers)[0]
         phase = gen.phase("c", rate, duration)
-        loops_after, nginx_after = self.system.loop_switches(), self.system.nginx_wakeups()
+        loops_after, nginx_after = switches(loops), switches(workers)[0]
         server_cpu = self.system.cpu_seconds() - server_before
         generator_cpu = self._generator_cpu() - generator_before
         machine_cpu = machine_cpu_seconds() - machine_before

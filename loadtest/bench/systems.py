@@ -102,8 +102,8 @@ def context_switches(pid: int, proc: Path = Path("/proc")) -> tuple[int, int]:
     """(voluntary, involuntary) context switches of a process's main thread so far.
 
     The main thread of every WebSocket process here is its event loop: a voluntary switch is
-    a sleep with nothing to do, an involuntary one a preemption (another task took its core).
-    (0, 0) when the process is gone.
+    a wait (for the next event, or for the GIL), an involuntary one a preemption (another task
+    took its core). (0, 0) when the process is gone.
     """
     try:
         text = (proc / str(pid) / "status").read_text()
@@ -117,27 +117,19 @@ def context_switches(pid: int, proc: Path = Path("/proc")) -> tuple[int, int]:
         return 0, 0
 
 
-def nginx_workers(prefix: Path, proc: Path = Path("/proc")) -> list[int]:
-    """PIDs of the worker processes of the nginx master started with `-p prefix`."""
-    commands: dict[int, str] = {}
-    parents: dict[int, int] = {}
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
-                errors="replace")
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile, or a kernel thread
-        if command.startswith("nginx: "):
-            commands[int(entry.name)], parents[int(entry.name)] = command, parent
-    # nginx renames its master "nginx: master process <its command line>", workers
-    # "nginx: worker process".
-    masters = {pid for pid, command in commands.items()
-               if command.startswith("nginx: master") and f"-p {prefix} " in f"{command} "}
-    return sorted(pid for pid, command in commands.items()
-                  if command.startswith("nginx: worker") and parents[pid] in masters)
+def switches(pids: list[int], proc: Path = Path("/proc")) -> tuple[int, int]:
+    """Summed (voluntary, involuntary) context switches of these processes' main threads."""
+    counts = [context_switches(pid, proc) for pid in pids]
+    return sum(c[0] for c in counts), sum(c[1] for c in counts)
+
+
+def children(pid: int, proc: Path = Path("/proc")) -> list[int]:
+    """PIDs of a process's children (of an nginx master: its workers); [] when it is gone."""
+    try:
+        return [int(child) for child in
+                (proc / str(pid) / "task" / str(pid) / "children").read_text().split()]
+    except (OSError, ValueError):
+        return []
 
 
 class Nginx:
@@ -203,7 +195,6 @@ class System:
     name = "?"
     ready_marker: str | None = None
     nginx_port = 0
-    nginx_prefix = Path("/nonexistent")  # the nginx state folder (its -p)
     ws_ports: list[int] = []
 
     @property
@@ -232,14 +223,13 @@ class System:
         """Summed CPU seconds of the WebSocket processes."""
         return sum(cpu_seconds(pid) for pid in self.ws_pids())
 
-    def loop_switches(self) -> tuple[int, int]:
-        """(voluntary, involuntary) context switches of the WebSocket processes' event loops."""
-        counts = [context_switches(pid) for pid in self.ws_pids()]
-        return sum(c[0] for c in counts), sum(c[1] for c in counts)
+    def nginx_pid(self) -> int:  # pragma: no cover - overridden
+        """PID of this system's nginx master (0 when it is not running)."""
+        raise NotImplementedError
 
-    def nginx_wakeups(self) -> int:
-        """Times this system's nginx workers went to sleep and were woken so far."""
-        return sum(context_switches(pid)[0] for pid in nginx_workers(self.nginx_prefix))
+    def nginx_workers(self) -> list[int]:
+        """PIDs of this system's nginx workers."""
+        return children(self.nginx_pid())
 
     def ports(self) -> list[int]:
         """Every port this system listens on."""
@@ -257,7 +247,6 @@ class Ours(System):
                                        monitoring=False, ws_env=ws_env or {})
         self.nginx_port = self.topology.ports.nginx
         self.ws_ports = list(self.topology.ports.ws)
-        self.nginx_prefix = self.topology.state / "nginx"
         self._cookies: list[str] = []
 
     def ports(self) -> list[int]:
@@ -273,6 +262,10 @@ class Ours(System):
     def stop(self) -> None:
         """Stop the topology (supervisord and everything it runs, by PID)."""
         self.topology.down()
+
+    def nginx_pid(self) -> int:
+        """The topology's nginx master, run by supervisord."""
+        return self.topology.pid("nginx")
 
     def ws_pids(self) -> list[int]:
         """The WebSocket processes ws-1 and ws-2."""
@@ -366,8 +359,11 @@ class _Processes(System):
         self.redis = RedisServer(state / "redis", base_port + 20)
         self.nginx = Nginx(state / "nginx", base_port, self.ws_ports, self.ws_ports,
                            base_port + 90)
-        self.nginx_prefix = self.nginx.state
         self.procs: list[subprocess.Popen | None] = [None, None]
+
+    def nginx_pid(self) -> int:
+        """Our own nginx's master process."""
+        return self.nginx.proc.pid if self.nginx.proc else 0
 
     def ports(self) -> list[int]:
         """nginx, its status port, the two WebSocket processes and Redis."""

@@ -30,7 +30,7 @@ from loadtest.bench.runner import (
     machine_cpu_seconds,
     rooms_for,
 )
-from loadtest.bench.systems import Ceiling, context_switches, nginx_workers
+from loadtest.bench.systems import Ceiling, children, context_switches, switches
 
 # Ports().shifted(5500) for ours (nginx 13500, sentinels 31880-31882), stock on 14000, the
 # ceiling on 14100: clear of `make run`, the other tests' topologies (offsets 1000-5000) and
@@ -67,30 +67,26 @@ def test_loops_and_nginx_are_read_as_context_switches_of_the_right_processes(tmp
     """A main thread's (voluntary, involuntary) switches; only the workers of the named nginx."""
     proc = tmp_path / "proc"
 
-    def process(pid: int, parent: int, command: bytes, status: str = "") -> None:
-        folder = proc / str(pid)
-        folder.mkdir(parents=True)
-        (folder / "cmdline").write_bytes(command)
-        (folder / "stat").write_text(f"{pid} (x y) S {parent} {pid} 0 0\n")
-        (folder / "status").write_text(status)
+    def process(pid: int, status: str = "", kids: tuple[int, ...] = ()) -> None:
+        task = proc / str(pid) / "task" / str(pid)
+        task.mkdir(parents=True)
+        (task / "children").write_text("".join(f"{kid} " for kid in kids))
+        (proc / str(pid) / "status").write_text(status)
 
-    ours, other = tmp_path / "ours" / "nginx", tmp_path / "stock" / "nginx"
-    process(10, 1, f"nginx: master process /usr/sbin/nginx -p {ours} -c {ours}/nginx.conf"
-            .encode())
-    process(11, 10, b"nginx: worker process\0\0", "voluntary_ctxt_switches:\t120\n"
-            "nonvoluntary_ctxt_switches:\t7\n")
-    process(12, 10, b"nginx: worker process\0")
-    process(20, 1, f"nginx: master process /usr/sbin/nginx -p {other}".encode())
-    process(21, 20, b"nginx: worker process\0")
-    process(30, 1, b"python\0-m\0app.realtime.wsserver\0")
-    (proc / "self").mkdir()
-    assert nginx_workers(ours, proc) == [11, 12]
-    assert nginx_workers(other, proc) == [21]
-    assert nginx_workers(tmp_path / "ours", proc) == []  # a prefix of a prefix is not it
+    process(10, kids=(11, 12))  # our nginx master
+    process(11, "voluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n")
+    process(12, "voluntary_ctxt_switches:\t30\nnonvoluntary_ctxt_switches:\t2\n")
+    process(20, kids=(21,))  # another system's nginx master
+    process(21)
+    assert children(10, proc) == [11, 12]
+    assert children(20, proc) == [21]
+    assert children(99, proc) == []  # gone
     assert context_switches(11, proc) == (120, 7)
-    assert context_switches(12, proc) == (0, 0)  # no figures
+    assert context_switches(21, proc) == (0, 0)  # no figures
     assert context_switches(99, proc) == (0, 0)  # gone
+    assert switches(children(10, proc), proc) == (150, 9)  # one system's workers only
     assert context_switches(os.getpid())[0] > 0  # this process's own, from the real /proc
+    assert children(os.getppid()) and os.getpid() in children(os.getppid())  # the real /proc
 
 
 def test_rooms_and_specs_spread_senders_over_workers(tmp_path):

@@ -165,11 +165,12 @@ def load_average() -> float:
 def settle(system: System, timeout: float, idle_share: float = 0.03) -> float:
     """Wait until the WebSocket processes use < idle_share of a CPU each; return seconds."""
     started = time.monotonic()
-    count = max(1, len(system.ws_pids()))
-    before = system.cpu_seconds()
+    pids = system.ws_pids()
+    count = max(1, len(pids))
+    before = system.cpu_seconds(pids)
     while time.monotonic() - started < timeout:
         time.sleep(1.0)
-        after = system.cpu_seconds()
+        after = system.cpu_seconds(pids)
         if after - before < idle_share * count:
             break
         before = after
@@ -341,12 +342,12 @@ class Scenario:
         # message waits in, and a preempted loop sends a broadcast's frames in several bursts,
         # each waking nginx and the clients again. The processes are looked up once.
         loops, workers = self.system.ws_pids(), self.system.nginx_workers()
-        server_before, generator_before = self.system.cpu_seconds(), self._generator_cpu()
+        server_before, generator_before = self.system.cpu_seconds(loops), self._generator_cpu()
         machine_before, pressure_before = machine_cpu_seconds(), cpu_pressure_seconds()
         loops_before, nginx_before = switches(loops), switches(workers)[0]
         phase = gen.phase("c", rate, duration)
         loops_after, nginx_after = switches(loops), switches(workers)[0]
-        server_cpu = self.system.cpu_seconds() - server_before
+        server_cpu = self.system.cpu_seconds(loops) - server_before
         generator_cpu = self._generator_cpu() - generator_before
         machine_cpu = machine_cpu_seconds() - machine_before
         pressure_after = cpu_pressure_seconds()
@@ -420,11 +421,12 @@ class Scenario:
         steps = []
         strikes = 0
         best = 0.0
+        pids = self.system.ws_pids()  # restarted only between scenarios
         for index in range(cfg.max_steps):
             name = f"s{index}"
-            cpu_before = self.system.cpu_seconds()
+            cpu_before = self.system.cpu_seconds(pids)
             phase = gen.phase(name, rate, cfg.step_seconds)
-            cpu = self.system.cpu_seconds() - cpu_before
+            cpu = self.system.cpu_seconds(pids) - cpu_before
             self.collect()
             window = phase["end"] - phase["start"] - cfg.warm_seconds
             got = self.deliveries_between(phase["start"] + cfg.warm_seconds, phase["end"])

@@ -219,9 +219,12 @@ class System:
         """Summed RSS of the WebSocket processes."""
         return sum(rss_kib(pid) for pid in self.ws_pids())
 
-    def cpu_seconds(self) -> float:
-        """Summed CPU seconds of the WebSocket processes."""
-        return sum(cpu_seconds(pid) for pid in self.ws_pids())
+    def cpu_seconds(self, pids: list[int] | None = None) -> float:
+        """Summed CPU seconds of the WebSocket processes (of `pids`, if already looked up).
+
+        Looking them up costs ours a `supervisorctl` call; a phase's readings share one.
+        """
+        return sum(cpu_seconds(pid) for pid in (self.ws_pids() if pids is None else pids))
 
     def nginx_pid(self) -> int:  # pragma: no cover - overridden
         """PID of this system's nginx master (0 when it is not running)."""

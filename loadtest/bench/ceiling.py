@@ -4,10 +4,10 @@
 
 `websockets` serves `/ws/chat/<room>/` (any cookie is accepted); each process holds one Redis
 pub/sub subscription per room that has local members. A client's `message` frame is turned
-into one `message` frame, serialised once and PUBLISHed; the subscription reader hands the
-text to `websockets.broadcast`, which writes it to every local member without awaiting.
-Compression is off, as ours (WS_PER_MESSAGE_DEFLATE=0) and stock daphne decline permessage-deflate:
-the same bytes on the wire.
+into one `message` frame with ours' fields, serialised once and PUBLISHed; the subscription
+reader hands the text to `websockets.broadcast`, which writes it to every local member
+without awaiting. Compression is off, as ours (WS_PER_MESSAGE_DEFLATE=0) and stock daphne
+decline permessage-deflate: the same bytes on the wire.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import itertools
 import json
 import signal
 import time
+from datetime import UTC, datetime
 
 import websockets
 from redis import asyncio as aioredis
@@ -72,7 +73,8 @@ class Broadcaster:
             await ws.close(4004, "invalid_room")
             return
         room = parts[2]
-        user = f"user{id(ws) % 100000}"
+        user_id = id(ws) % 100000
+        user = f"user{user_id}"
         await self.join(room, ws)
         try:
             async for text in ws:
@@ -83,10 +85,15 @@ class Broadcaster:
                 kind = data.get("type", "message")
                 if kind == "message":
                     content = str(data.get("message", ""))
+                    # Ours' `message` frame field for field (app/chat/services.py), so both
+                    # systems serialise, send and parse frames of the same size.
+                    message_id = next(self.ids)
                     frame = json.dumps({
-                        "type": "message", "seq": next(self.ids), "room": room,
-                        "message": content, "content": content, "user": user,
-                        "timestamp": time.time(), "client_id": data.get("id"),
+                        "type": "message", "message_id": message_id, "message": content,
+                        "content": content, "user": user, "user_id": user_id,
+                        "timestamp": datetime.now(UTC).isoformat(),
+                        "reply_to": None, "is_edited": False, "is_deleted": False,
+                        "room": room, "client_id": data.get("id"), "seq": message_id,
                     }, separators=(",", ":"))
                     await self.redis.publish(f"room:{room}", frame)
                 elif kind == "ping":

@@ -25,6 +25,21 @@ from redis import asyncio as aioredis
 from websockets.asyncio.server import broadcast, serve
 
 
+def message_frame(message_id: int, room: str, content: str, user: str, user_id: int,
+                  client_id) -> str:
+    """The serialised `message` frame, field for field ours (app/chat/services.py).
+
+    Both systems then serialise, send and parse frames of the same size. `seq` is a per-process
+    count here, where ours numbers each room's events; a number of the same width either way.
+    """
+    return json.dumps({
+        "type": "message", "message_id": message_id, "message": content, "content": content,
+        "user": user, "user_id": user_id, "timestamp": datetime.now(UTC).isoformat(),
+        "reply_to": None, "is_edited": False, "is_deleted": False,
+        "room": room, "client_id": client_id, "seq": message_id,
+    }, separators=(",", ":"))
+
+
 class Broadcaster:
     """Room membership of this process and its pub/sub subscriptions."""
 
@@ -84,17 +99,8 @@ class Broadcaster:
                     continue
                 kind = data.get("type", "message")
                 if kind == "message":
-                    content = str(data.get("message", ""))
-                    # Ours' `message` frame field for field (app/chat/services.py), so both
-                    # systems serialise, send and parse frames of the same size.
-                    message_id = next(self.ids)
-                    frame = json.dumps({
-                        "type": "message", "message_id": message_id, "message": content,
-                        "content": content, "user": user, "user_id": user_id,
-                        "timestamp": datetime.now(UTC).isoformat(),
-                        "reply_to": None, "is_edited": False, "is_deleted": False,
-                        "room": room, "client_id": data.get("id"), "seq": message_id,
-                    }, separators=(",", ":"))
+                    frame = message_frame(next(self.ids), room, str(data.get("message", "")),
+                                          user, user_id, data.get("id"))
                     await self.redis.publish(f"room:{room}", frame)
                 elif kind == "ping":
                     await ws.send(json.dumps({"type": "pong", "ts": time.time()}))

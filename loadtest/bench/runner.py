@@ -28,7 +28,7 @@ import numpy
 
 from .generator import BUCKET, Generator, Spec, merge_firsts
 from .placement import balanced_senders, process_of
-from .systems import System, cpu_seconds, switches
+from .systems import System, switches, total_cpu_seconds
 
 
 @dataclasses.dataclass
@@ -165,12 +165,12 @@ def load_average() -> float:
 def settle(system: System, timeout: float, idle_share: float = 0.03) -> float:
     """Wait until the WebSocket processes use < idle_share of a CPU each; return seconds."""
     started = time.monotonic()
-    pids = system.ws_pids()
+    pids = system.ws_pids()  # one lookup (for ours a `supervisorctl` call) for every reading
     count = max(1, len(pids))
-    before = system.cpu_seconds(pids)
+    before = total_cpu_seconds(pids)
     while time.monotonic() - started < timeout:
         time.sleep(1.0)
-        after = system.cpu_seconds(pids)
+        after = total_cpu_seconds(pids)
         if after - before < idle_share * count:
             break
         before = after
@@ -342,12 +342,12 @@ class Scenario:
         # message waits in, and a preempted loop sends a broadcast's frames in several bursts,
         # each waking nginx and the clients again. The processes are looked up once.
         loops, workers = self.system.ws_pids(), self.system.nginx_workers()
-        server_before, generator_before = self.system.cpu_seconds(loops), self._generator_cpu()
+        server_before, generator_before = total_cpu_seconds(loops), self._generator_cpu()
         machine_before, pressure_before = machine_cpu_seconds(), cpu_pressure_seconds()
         loops_before, nginx_before = switches(loops), switches(workers)[0]
         phase = gen.phase("c", rate, duration)
         loops_after, nginx_after = switches(loops), switches(workers)[0]
-        server_cpu = self.system.cpu_seconds(loops) - server_before
+        server_cpu = total_cpu_seconds(loops) - server_before
         generator_cpu = self._generator_cpu() - generator_before
         machine_cpu = machine_cpu_seconds() - machine_before
         pressure_after = cpu_pressure_seconds()
@@ -410,7 +410,7 @@ class Scenario:
 
     def _generator_cpu(self) -> float:
         """CPU seconds the load generator's workers used so far."""
-        return sum(cpu_seconds(pid) for pid in self.generator.pids())
+        return total_cpu_seconds(self.generator.pids())
 
     # ------------------------------------------------------------------ saturation
     def saturation_phases(self) -> None:
@@ -424,9 +424,9 @@ class Scenario:
         pids = self.system.ws_pids()  # restarted only between scenarios
         for index in range(cfg.max_steps):
             name = f"s{index}"
-            cpu_before = self.system.cpu_seconds(pids)
+            cpu_before = total_cpu_seconds(pids)
             phase = gen.phase(name, rate, cfg.step_seconds)
-            cpu = self.system.cpu_seconds(pids) - cpu_before
+            cpu = total_cpu_seconds(pids) - cpu_before
             self.collect()
             window = phase["end"] - phase["start"] - cfg.warm_seconds
             got = self.deliveries_between(phase["start"] + cfg.warm_seconds, phase["end"])

@@ -98,6 +98,11 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def total_cpu_seconds(pids: list[int]) -> float:
+    """Summed user + system CPU seconds of these processes."""
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
 def context_switches(pid: int, proc: Path = Path("/proc")) -> tuple[int, int]:
     """(voluntary, involuntary) context switches of a process's main thread so far.
 
@@ -218,13 +223,6 @@ class System:
     def rss_kib(self) -> int:
         """Summed RSS of the WebSocket processes."""
         return sum(rss_kib(pid) for pid in self.ws_pids())
-
-    def cpu_seconds(self, pids: list[int] | None = None) -> float:
-        """Summed CPU seconds of the WebSocket processes (of `pids`, if already looked up).
-
-        Looking them up costs ours a `supervisorctl` call; a phase's readings share one.
-        """
-        return sum(cpu_seconds(pid) for pid in (self.ws_pids() if pids is None else pids))
 
     def nginx_pid(self) -> int:  # pragma: no cover - overridden
         """PID of this system's nginx master (0 when it is not running)."""

@@ -19,7 +19,7 @@ import numpy
 import pytest
 
 from deploy.local.topology import REPO
-from loadtest.bench import report
+from loadtest.bench import ceiling, report
 from loadtest.bench.generator import MARK, Spec, Worker, _Conn, merge_firsts, send_times
 from loadtest.bench.placement import balanced_senders, established_by_port
 from loadtest.bench.profile import summarise
@@ -30,12 +30,43 @@ from loadtest.bench.runner import (
     machine_cpu_seconds,
     rooms_for,
 )
-from loadtest.bench.systems import Ceiling, children, context_switches, switches
+from loadtest.bench.systems import (
+    Ceiling,
+    children,
+    context_switches,
+    switches,
+    total_cpu_seconds,
+)
 
 # Ports().shifted(5500) for ours (nginx 13500, sentinels 31880-31882), stock on 14000, the
 # ceiling on 14100: clear of `make run`, the other tests' topologies (offsets 1000-5000) and
 # below the kernel's ephemeral range (32768+), where a client socket may hold a port.
 OFFSET = 5500
+
+
+def test_the_ceilings_message_frame_has_ours_fields_in_ours_order():
+    """The issue's "same message format": what the ceiling sends is what ours broadcasts."""
+    from django.utils import timezone
+
+    from app.chat.models import Message
+    from app.chat.services import message_frame
+
+    stored = Message(id=7, room_id=1, user_id=3, content="hi", created_at=timezone.now())
+    # post_message adds the room and the client's id, the room event its sequence number.
+    ours = {**message_frame(stored, "load0003"), "room": "r1", "client_id": "c1", "seq": 7}
+    theirs = json.loads(ceiling.message_frame(7, "r1", "hi", "load0003", 3, "c1"))
+    assert list(theirs) == list(ours)
+    assert {key: type(value) for key, value in theirs.items()} == {
+        key: type(value) for key, value in ours.items()}
+
+
+def test_cpu_seconds_are_summed_over_the_processes_given():
+    """This process's own CPU time is counted once per PID listed; a gone PID counts 0."""
+    own = total_cpu_seconds([os.getpid()])
+    assert own > 0
+    assert total_cpu_seconds([os.getpid(), os.getpid()]) >= 2 * own
+    assert total_cpu_seconds([]) == 0
+    assert total_cpu_seconds([2**22 + 1]) == 0  # above pid_max's ceiling: no such process
 
 
 def test_a_swamped_baseline_that_delivered_nothing_is_a_figure_not_a_gap():

@@ -6,23 +6,23 @@ pytest_plugins = ["tests.support.fixtures"]
 
 
 @pytest.fixture(scope="session")
-def django_db_setup(django_db_setup, django_db_blocker):
+def django_db_setup(django_db_setup):
     """pytest-django's test databases, with the database thread's connection closed at the end.
 
     Async tests reach the database through channels' database_sync_to_async, which runs in
     asgiref's one shared thread; with CONN_MAX_AGE that thread's connection outlives the tests,
     and PostgreSQL refused to drop the test database ("being accessed by other users").
-    The close runs with database access unblocked: channels' thread handler first checks the
-    connection (close_old_connections), which pytest-django refuses outside a test.
+    The close goes to that thread through asgiref's sync_to_async: channels' wrapper would
+    first check the connection (close_old_connections), a database access pytest-django
+    refuses outside a test.
     """
     yield
     import asyncio
 
-    from channels.db import database_sync_to_async
+    from asgiref.sync import sync_to_async
     from django.db import connections
 
-    with django_db_blocker.unblock():
-        asyncio.run(database_sync_to_async(connections.close_all)())
+    asyncio.run(sync_to_async(connections.close_all, thread_sensitive=True)())
 
 
 @pytest.fixture

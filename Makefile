@@ -99,6 +99,14 @@ stop: ## Stop the topology started by make run
 status: ## Show the processes of the topology
 	@$(PY) -m deploy.local status
 
+.PHONY: postgres
+postgres: ## Start a PostgreSQL of the project's own on 127.0.0.1:5432 (var/postgres, trust auth, database test)
+	deploy/local/postgres.sh start
+
+.PHONY: postgres-stop
+postgres-stop: ## Stop the PostgreSQL started by make postgres
+	deploy/local/postgres.sh stop
+
 .PHONY: clean
-clean: stop ## Stop and remove all local state (var/)
+clean: stop postgres-stop ## Stop and remove all local state (var/)
 	rm -rf var build

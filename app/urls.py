@@ -1,4 +1,8 @@
-"""HTTP routes: the JSON API, the operational endpoints and the admin."""
+"""HTTP routes: the JSON API, the operational endpoints and the admin.
+
+The internal endpoints (drain, status) are not here: app/realtime/internal.py serves them on the
+loopback-only listener.
+"""
 
 from django.contrib import admin
 from django.urls import include, path
@@ -10,8 +14,6 @@ urlpatterns = [
     path("healthz", ops.healthz, name="healthz"),
     path("readyz", ops.readyz, name="readyz"),
     path("metrics", ops.metrics_view, name="metrics"),
-    path("internal/drain", ops.drain, name="drain"),
-    path("internal/status", ops.status, name="status"),
     path("api/csrf", api.csrf, name="csrf"),
     path("api/login", api.api_login, name="login"),
     path("api/logout", api.api_logout, name="logout"),

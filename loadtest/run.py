@@ -227,7 +227,7 @@ def roll_ws_processes(topology: Topology, windows: list[dict]) -> None:
         window = {"name": f"drain {program}", "start": time.time(), "end": None}
         windows.append(window)
         start = window["start"]
-        status = post(f"http://127.0.0.1:{port}/internal/drain")
+        status = post(f"http://127.0.0.1:{topology.ports.internal(port)}/internal/drain")
         print(f"[fault] drain {program} (pid {old}): HTTP {status}", flush=True)
         if status not in (200, 202):
             raise RuntimeError(f"POST /internal/drain on {program} answered HTTP {status}")

@@ -438,7 +438,7 @@ def test_drain_moves_both_pages_without_gap_or_duplicate(alice, bob, browser, to
     drained = []
     for program, port in zip(topology.ws_programs(), topology.ports.ws, strict=True):
         started = time.monotonic()
-        drained.append(drain(port))
+        drained.append(drain(topology.ports.internal(port)))
         # Clients wait retry_after_ms (0-3 s) after the 1 s window, then resume elsewhere.
         time.sleep(max(0.0, started + 4.5 - time.monotonic()))
         wait_connected([a, b])

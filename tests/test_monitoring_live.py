@@ -560,6 +560,7 @@ async def test_drain_turns_readyz_not_ready_and_shows_in_metrics_until_restarted
     """POST /internal/drain?exit=0: 503 not_draining false, chanfleet_draining 1; restart: ready."""
     top = topology
     port, program = top.ports.ws[-1], top.ws_programs()[-1]
+    internal = top.ports.internal(port)
     instance = f"127.0.0.1:{port}"
     before = value(await asyncio.to_thread(scrape, port),
                    "chanfleet_drain_reconnects_requested_total")
@@ -573,13 +574,13 @@ async def test_drain_turns_readyz_not_ready_and_shows_in_metrics_until_restarted
             joined.append(json.loads(await asyncio.wait_for(client.recv(), 10)))
 
         def registered() -> bool:  # the consumer joins the registry after its join frames
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/internal/status",
+            with urllib.request.urlopen(f"http://127.0.0.1:{internal}/internal/status",
                                         timeout=5) as response:
                 return json.loads(response.read())["connections"] >= 1
 
         await eventually(registered, 5, "the process holds the client")
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/internal/drain?exit=0&window=1", method="POST")
+            f"http://127.0.0.1:{internal}/internal/drain?exit=0&window=1", method="POST")
         drained_at = time.monotonic()
         response = await asyncio.to_thread(urllib.request.urlopen, request, None, 5)
         assert response.status == 202

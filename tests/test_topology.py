@@ -14,11 +14,11 @@ import urllib.request
 
 import pytest
 import redis
-import requests
 import websockets
 
 from deploy.local.topology import Ports, Topology
 from tests.support.chat_client import ChatClient, login
+from tests.support.drills import Sender, assert_exactly_once_in_order, settle
 
 pytestmark = [pytest.mark.topology, pytest.mark.timeout(300)]
 
@@ -86,63 +86,6 @@ def gap_fills(top) -> float:
     return sum(metric(top, p, "chanfleet_resume_replayed_messages_total") for p in top.ports.ws)
 
 
-def room_seq(top, room: str, cookie: str) -> int:
-    """The room's last seq, from the HTTP API (the database)."""
-    return requests.get(f"{top.url}/api/rooms/{room}", cookies={"sessionid": cookie},
-                        timeout=10).json()["room"]["last_seq"]
-
-
-async def settle(clients, top, room, at_least: int, timeout=20) -> int:
-    """Wait until the room has at_least events and every client holds every one of them."""
-    cookie = clients[0].cookie
-    deadline = time.monotonic() + timeout
-    while True:
-        last = await asyncio.to_thread(room_seq, top, room, cookie)
-        if last >= at_least and all(set(c.events) >= set(range(1, last + 1)) for c in clients):
-            return last
-        if time.monotonic() > deadline:
-            missing = {c.username: sorted(set(range(1, last + 1)) - set(c.events))[:10]
-                       for c in clients}
-            raise AssertionError(f"clients missing events after {timeout}s: {missing}")
-        await asyncio.sleep(0.3)
-
-
-def assert_exactly_once_in_order(clients, last: int) -> None:
-    """Every client saw seq 1..last exactly once, in order."""
-    for c in clients:
-        assert sorted(c.events) == list(range(1, last + 1)), c.username
-        assert c.duplicates == [], (c.username, c.duplicates)
-        assert c.out_of_order == [], (c.username, c.out_of_order)
-
-
-class Sender:
-    """Sends numbered messages steadily and records when each broadcast came back."""
-
-    def __init__(self, chat: ChatClient, interval: float):
-        self.chat, self.interval = chat, interval
-        self.sent: dict[str, float] = {}
-        self.task = None
-
-    def acked(self) -> dict[str, float]:
-        """client_id -> time its broadcast (or broadcast_failed) reached the sender."""
-        return {f["client_id"]: f["_at"] for f in self.chat.events.values()
-                if f.get("client_id") in self.sent}
-
-    async def run(self, count: int) -> None:
-        """Send count messages, one per interval, riding through reconnects."""
-        for n in range(count):
-            key = f"{self.chat.username}-{n}"
-            while not self.chat.may_send:
-                await asyncio.sleep(0.05)
-            try:
-                await self.chat.send({"type": "message", "message": key, "id": key})
-                self.sent[key] = time.monotonic()
-            except Exception:
-                await asyncio.sleep(0.05)
-                continue
-            await asyncio.sleep(self.interval)
-
-
 # ---------------------------------------------------------------------------- routing
 async def test_clients_on_two_processes_see_each_others_messages_typing_and_reactions(topology):
     """Through nginx, users on different WebSocket processes talk as if on one."""
@@ -203,7 +146,8 @@ async def test_drain_drill_moves_every_client_and_loses_nothing(topology):
     # exit=0: the drained process stays up, refusing handshakes, for the whole reconnect
     # window. With its default exit it is restarted on the same port within that window, and
     # a late client may rightly land on the fresh process, which this drill cannot tell apart.
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/internal/drain?exit=0",
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{topology.ports.internal(port)}/internal/drain?exit=0",
                                      method="POST")
     await asyncio.to_thread(urllib.request.urlopen, request, None, 5)
     await sending
@@ -232,7 +176,7 @@ async def test_kill_9_of_a_websocket_process_its_clients_resume_and_its_state_ex
     victim_node = clients[1].node
     victim_port = int(victim_node.rsplit(":", 1)[1])
     status = await asyncio.to_thread(
-        topology.get, f"http://127.0.0.1:{victim_port}/internal/status")
+        topology.get, f"http://127.0.0.1:{topology.ports.internal(victim_port)}/internal/status")
     prefix = json.loads(status[1])["layer_prefix"]
     program = topology.ws_programs()[topology.ports.ws.index(victim_port)]
     survivors = [c for c in clients if c.node != victim_node]

@@ -9,12 +9,15 @@ available with `WS_SERVER=daphne` (app/realtime/daphne_compat.py).
 
 Environment (all optional): PORT, BIND, WS_PING_INTERVAL (20 s), WS_PING_TIMEOUT (30 s),
 WS_MAX_SIZE (1 MiB, larger messages are closed with 1009), WS_PER_MESSAGE_DEFLATE (0),
-FORWARDED_ALLOW_IPS (`*`: nginx is the only way in), WS_GRACEFUL_SHUTDOWN (10 s).
+FORWARDED_ALLOW_IPS (addresses or CIDRs whose X-Forwarded-For is believed: nginx's; default
+127.0.0.1), WS_GRACEFUL_SHUTDOWN (10 s), INTERNAL_PORT (the loopback-only listener of the drain
+and status endpoints, app/realtime/internal.py; none when unset).
 """
 
 import asyncio
 import gc
 import os
+import socket
 import sys
 
 import uvicorn
@@ -22,6 +25,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.frames import Frame, Opcode
 from websockets.protocol import OPEN, Protocol
 
+from .internal import internal_port
 from .waitqueue import WaitQueue
 
 
@@ -171,7 +175,8 @@ def config() -> uvicorn.Config:
         ws_ping_timeout=float(os.environ.get("WS_PING_TIMEOUT", "30")),
         ws_max_size=int(os.environ.get("WS_MAX_SIZE", str(1 << 20))),
         proxy_headers=True,
-        forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "*"),
+        # Only nginx's own X-Forwarded-For is believed: from anyone else it is a claim.
+        forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
         # Lifespan starts the canary before the first request and fails the process if the
         # application cannot start.
         lifespan="on",
@@ -190,7 +195,22 @@ def main(argv: list[str]) -> None:
     server_config.load()  # imports the application: Django, its models, URLs and consumers
     share_cache_backends()
     tune_gc()
-    uvicorn.Server(server_config).run()
+    uvicorn.Server(server_config).run(sockets=listeners(server_config))
+
+
+def listeners(server_config: uvicorn.Config) -> list[socket.socket]:
+    """The public socket (BIND:PORT) and, with INTERNAL_PORT, the loopback-only internal one."""
+    port = internal_port()
+    if port is not None and port == server_config.port:
+        sys.exit(f"INTERNAL_PORT ({port}) must differ from PORT: the internal endpoints "
+                 "are served on a loopback-only listener of their own")
+    sockets = [server_config.bind_socket()]
+    if port is not None:
+        internal = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        internal.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        internal.bind(("127.0.0.1", port))
+        sockets.append(internal)
+    return sockets
 
 
 def share_cache_backends() -> None:

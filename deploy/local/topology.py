@@ -47,6 +47,10 @@ class Ports:
     nginx_status: int = 8090
     ws: tuple[int, ...] = (8101, 8102)
     http: tuple[int, ...] = (8201, 8202)
+    # Each process's loopback-only listener of the drain and status endpoints (INTERNAL_PORT),
+    # ten above its public port: tests shift whole plans by multiples of 500, never onto these.
+    ws_internal: tuple[int, ...] = (8111, 8112)
+    http_internal: tuple[int, ...] = (8211, 8212)
     redis_master: int = 6380
     redis_replica: int = 6381
     sentinels: tuple[int, ...] = (26380, 26381, 26382)
@@ -61,6 +65,11 @@ class Ports:
             for f in dataclasses.fields(self)
             for v in [getattr(self, f.name)]
         })
+
+    def internal(self, port: int) -> int:
+        """The internal listener's port of the WebSocket or HTTP process serving `port`."""
+        return dict(zip(self.ws + self.http, self.ws_internal + self.http_internal,
+                        strict=True))[port]
 
     def mapping(self, other: Ports) -> dict[int, int]:
         """Map each default port to the corresponding port of another plan."""
@@ -281,11 +290,13 @@ class Topology:
             ))
         entry = REPO / "deploy" / "entrypoint.sh"
         for name, port in zip(self.ws_programs(), self.ports.ws, strict=True):
-            env = {"PORT": str(port), "BIND": "127.0.0.1", **self.ws_env}
+            env = {"PORT": str(port), "INTERNAL_PORT": str(self.ports.internal(port)),
+                   "BIND": "127.0.0.1", **self.ws_env}
             sections.append(self._program(name, f"{entry} ws", 20, env, stopwait=20))
         for name, port in zip(self.http_programs(), self.ports.http, strict=True):
             env = {
-                "PORT": str(port), "BIND": "127.0.0.1",
+                "PORT": str(port), "INTERNAL_PORT": str(self.ports.internal(port)),
+                "BIND": "127.0.0.1",
                 "PROMETHEUS_MULTIPROC_DIR": str(state / f"metrics-{name}"),
             }
             sections.append(self._program(name, f"{entry} http", 20, env, stopwait=30))

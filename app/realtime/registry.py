@@ -140,6 +140,10 @@ class Registry:
         self.retry_max_ms = retry_max_ms
         metrics.DRAINING.set(1)
         consumers = list(self.consumers)
+        started = time.monotonic()
+        # Operators read these two lines (kubectl logs) to see that a preStop drain really ran.
+        logger.info("drain: asking %d clients to reconnect elsewhere over %.1f s",
+                    len(consumers), window)
         pause = window / max(len(consumers), 1)
         for consumer in consumers:
             if consumer in self.consumers:
@@ -147,6 +151,8 @@ class Registry:
                 await asyncio.sleep(pause)
         while self._leaving:  # the last closes, and those of handshakes that ended meanwhile
             await asyncio.gather(*self._leaving)
+        logger.info("drain: done, %d clients asked to reconnect in %.1f s",
+                    len(consumers), time.monotonic() - started)
         return len(consumers)
 
     async def send_away(self, consumer) -> None:

@@ -46,6 +46,9 @@ STANDARD_LABELS = {
     "app.kubernetes.io/part-of",
     "helm.sh/chart",
 }
+# Labels that change with every chart release: on objects, never on pod templates.
+CHART_VERSION_LABELS = {"helm.sh/chart", "app.kubernetes.io/version"}
+PRIVATE_RANGES = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -161,6 +164,13 @@ def test_every_scenario_file_is_covered() -> None:
         "hpa-values.yaml",
         "monitoring-values.yaml",
         "networkpolicy-values.yaml",
+        "ingress-tls-values.yaml",
+        "external-sentinel-bitnami-values.yaml",
+        "redis-url-values.yaml",
+        "redis-no-persistence-values.yaml",
+        "redis-single-values.yaml",
+        "openshift-values.yaml",
+        "local-cluster-values.yaml",
     }
 
 
@@ -208,6 +218,11 @@ def test_schema_closes_every_object() -> None:
     assert open_objects == []
 
 
+# Values handed to Kubernetes as whole objects: documented by one @param, not per field.
+PASS_THROUGH_VALUES = {"resources", "sentinelResources", "prometheusNamespaceLabels",
+                       "podSecurityContext", "securityContext"}
+
+
 def test_every_value_is_documented_with_a_param_comment() -> None:
     """Each leaf of values.yaml has a `## @param` line, and each @param names a real leaf."""
     text = (CHART / "values.yaml").read_text()
@@ -218,9 +233,7 @@ def test_every_value_is_documented_with_a_param_comment() -> None:
     def walk(node: Any, prefix: str) -> None:
         for key, value in node.items():
             path = f"{prefix}{key}"
-            if isinstance(value, dict) and value and key not in {"resources",
-                                                                "sentinelResources",
-                                                                "prometheusNamespaceLabels"}:
+            if isinstance(value, dict) and value and key not in PASS_THROUGH_VALUES:
                 walk(value, path + ".")
             else:
                 leaves.add(path)
@@ -362,12 +375,39 @@ def test_pods_spread_over_nodes_and_zones(component: str) -> None:
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_every_object_and_pod_has_the_standard_labels(scenario: str) -> None:
-    """app.kubernetes.io/* labels (and helm.sh/chart) on objects and pod templates."""
+    """app.kubernetes.io/* labels (and helm.sh/chart) on objects; pod templates without the
+    chart-version labels (finding 13)."""
     for obj in objects(scenario_values(scenario)):
         assert STANDARD_LABELS <= obj["metadata"]["labels"].keys(), obj["metadata"]["name"]
         template = obj.get("spec", {}).get("template")
         if template:
-            assert STANDARD_LABELS <= template["metadata"]["labels"].keys()
+            labels = template["metadata"]["labels"].keys()
+            assert STANDARD_LABELS - CHART_VERSION_LABELS <= labels, obj["metadata"]["name"]
+            assert not CHART_VERSION_LABELS & labels, obj["metadata"]["name"]
+
+
+def test_a_chart_bump_changes_no_pod_template(tmp_path: Path) -> None:
+    """Finding 13: a new chart version (and appVersion, with image.tag pinned) restarts no pod."""
+    bumped = tmp_path / "chanfleet"
+    shutil.copytree(CHART, bumped)
+    chart_yaml = bumped / "Chart.yaml"
+    chart_yaml.write_text(chart_yaml.read_text().replace("version: 0.1.0", "version: 9.9.9")
+                          .replace('appVersion: "0.1.0"', 'appVersion: "9.9.9"'))
+    values = {"image": {"tag": "0.1.0"}, **SECRET_VALUES}
+
+    def templates(chart: Path) -> dict[str, Any]:
+        with helm.Chart.load(chart) as loaded:
+            rendered = loaded.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        found = {}
+        for path, text in rendered.items():
+            for obj in yaml.safe_load_all(text) if not path.endswith("NOTES.txt") else []:
+                if obj and "template" in obj.get("spec", {}):
+                    found[f"{obj['kind']}/{obj['metadata']['name']}"] = obj["spec"]["template"]
+        return found
+
+    before, after = templates(CHART), templates(bumped)
+    assert {"StatefulSet/rel-chanfleet-redis", "Deployment/rel-chanfleet-ws"} <= before.keys()
+    assert before == after
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -545,7 +585,11 @@ def test_nginx_config_equals_the_local_render_except_servers_and_resolver() -> N
         HTTP_KEEPALIVE_TIMEOUT=f"{nginx['httpKeepaliveTimeoutSeconds']}s",
         CLIENT_MAX_BODY_SIZE=nginx["clientMaxBodySize"],
         CONN_LIMIT_PER_ADDR=str(nginx["connLimitPerAddr"]),
-        FORWARDED_PROTO=nginx["forwardedProto"], REAL_IP_CONFIG="", RESOLVER_LINE="",
+        FORWARDED_PROTO=nginx["forwardedProto"],
+        REAL_IP_CONFIG="\n    ".join(
+            [f"set_real_ip_from {cidr};" for cidr in nginx["realIp"]["trustedCidrs"]]
+            + [f"real_ip_header {nginx['realIp']['header']};", "real_ip_recursive on;"]),
+        RESOLVER_LINE="",
         WS_SERVERS=upstream_servers(["127.0.0.1:8101", "127.0.0.1:8102"]),
         HTTP_SERVERS=upstream_servers(["127.0.0.1:8201"]),
     )
@@ -670,9 +714,15 @@ REDIS_POD = f"{FULLNAME}-redis-1"
 HEADLESS = f"{FULLNAME}-redis-headless.{NAMESPACE}.svc.cluster.local"
 
 
-def _run_init(tmp_path: Path, *, sentinel_says: str | None) -> subprocess.CompletedProcess:
-    """Run the init container's script with stub hostname/nslookup/redis-cli commands."""
-    data = yaml.safe_load(render()["chanfleet/templates/redis/configmap.yaml"])["data"]
+def _run_init(tmp_path: Path, *, sentinel_says: str | None, pod: str = REDIS_POD,
+              resolvable: str = HEADLESS, values: dict[str, Any] | None = None,
+              ) -> subprocess.CompletedProcess:
+    """Run the init container's script with stub hostname/getent/redis-cli/sleep commands.
+
+    The getent stub answers (like `getent hosts`) only for names under `resolvable` and logs
+    every lookup; sleep returns at once, so a name that never resolves fails fast.
+    """
+    data = yaml.safe_load(render(values)["chanfleet/templates/redis/configmap.yaml"])["data"]
     templates, stubs = tmp_path / "config", tmp_path / "bin"
     templates.mkdir(exist_ok=True)
     stubs.mkdir(exist_ok=True)
@@ -680,8 +730,11 @@ def _run_init(tmp_path: Path, *, sentinel_says: str | None) -> subprocess.Comple
         (templates / name).write_text(data[name])
     answer = f'printf "%s\\n6379\\n" "{sentinel_says}"' if sentinel_says else "exit 1"
     scripts = {
-        "hostname": f"echo {REDIS_POD}",
-        "nslookup": "exit 0",
+        "hostname": f"echo {pod}",
+        "getent": (f'echo "$@" >> "{tmp_path}/getent.log"\n'
+                   f'[ "$1" = hosts ] || exit 2\n'
+                   f'case "$2" in *.{resolvable}) echo "10.0.0.7 $2" ;; *) exit 2 ;; esac'),
+        "sleep": "exit 0",
         "redis-cli": f'echo "$@ auth=${{REDISCLI_AUTH:-}}" >> "{tmp_path}/redis-cli.log"\n{answer}',
     }
     for name, body in scripts.items():
@@ -689,12 +742,48 @@ def _run_init(tmp_path: Path, *, sentinel_says: str | None) -> subprocess.Comple
         (stubs / name).chmod(0o755)
     env = {
         "PATH": f"{stubs}:/usr/bin:/bin", "HEADLESS": HEADLESS, "SET_NAME": f"{FULLNAME}-redis",
-        "REPLICAS": "3", "MASTER_NAME": "chanfleet", "DATA_DIR": str(tmp_path / "data"),
+        "REPLICAS": str((values or {}).get("redis", {}).get("replicas", 3)),
+        "MASTER_NAME": "chanfleet", "DATA_DIR": str(tmp_path / "data"),
         "TEMPLATE_DIR": str(templates), "REDIS_PASSWORD": "r&e|d/i\\s$1@x",
         "SENTINEL_PASSWORD": "s&e|n~t/1",
     }
     return subprocess.run(["sh", templates / "init.sh"], env=env, capture_output=True,
                           text=True, timeout=60)
+
+
+def test_redis_init_resolves_names_with_getent_not_nslookup(tmp_path: Path) -> None:
+    """Finding 11: the init script waits for DNS with `getent hosts` (Debian and Alpine)."""
+    script = yaml.safe_load(render()["chanfleet/templates/redis/configmap.yaml"])["data"][
+        "init.sh"]
+    assert "nslookup" not in script
+    assert _run_init(tmp_path, sentinel_says=None).returncode == 0
+    looked_up = (tmp_path / "getent.log").read_text().splitlines()
+    assert f"hosts {REDIS_POD}.{HEADLESS}" in looked_up
+    assert f"hosts {FULLNAME}-redis-0.{HEADLESS}" in looked_up
+
+
+def test_redis_init_fails_when_its_name_never_resolves(tmp_path: Path) -> None:
+    """A name that getent never resolves ends the init container with an error."""
+    result = _run_init(tmp_path, sentinel_says=None, resolvable="elsewhere.example")
+    assert result.returncode != 0
+    assert f"cannot resolve {REDIS_POD}.{HEADLESS}" in result.stderr
+    assert len((tmp_path / "getent.log").read_text().splitlines()) == 60
+
+
+def test_redis_init_derives_a_stable_sentinel_identity_without_a_volume(tmp_path: Path) -> None:
+    """With no sentinel.conf on the volume (emptyDir), myid comes from the pod name."""
+
+    def myid(run: str, pod: str) -> str:
+        (tmp_path / run).mkdir()
+        assert _run_init(tmp_path / run, sentinel_says=None, pod=pod).returncode == 0
+        conf = (tmp_path / run / "data" / "sentinel" / "sentinel.conf").read_text()
+        ids = re.findall(r"^sentinel myid ([0-9a-f]{40})$", conf, flags=re.MULTILINE)
+        assert len(ids) == 1
+        return ids[0]
+
+    first = myid("a", REDIS_POD)
+    assert myid("b", REDIS_POD) == first
+    assert myid("c", f"{FULLNAME}-redis-2") != first
 
 
 def test_redis_init_falls_back_to_pod_0_as_master(tmp_path: Path) -> None:
@@ -739,9 +828,13 @@ def test_redis_init_keeps_the_sentinel_identity_across_restarts(tmp_path: Path) 
     """A re-rendered sentinel.conf keeps the previous `sentinel myid` line."""
     assert _run_init(tmp_path, sentinel_says=None).returncode == 0
     conf = tmp_path / "data" / "sentinel" / "sentinel.conf"
-    conf.write_text(conf.read_text() + "sentinel myid 0123456789abcdef0123456789abcdef01234567\n")
+    # What sentinel itself writes: its (rewritten) config with one myid line.
+    conf.write_text(re.sub(r"(?m)^sentinel myid \S+$",
+                           "sentinel myid 0123456789abcdef0123456789abcdef01234567",
+                           conf.read_text()))
     assert _run_init(tmp_path, sentinel_says=None).returncode == 0
     assert conf.read_text().count("sentinel myid 0123456789abcdef") == 1
+    assert conf.read_text().count("sentinel myid ") == 1
 
 
 def test_redis_scripts_are_valid_posix_shell() -> None:
@@ -912,3 +1005,334 @@ def test_render_script_refuses_a_folder_it_did_not_write(tmp_path: Path) -> None
     with pytest.raises(SystemExit):
         chart_render.main(["--check", "--out", str(tmp_path)])
     assert (tmp_path / "keep.txt").exists()
+
+
+# ---------------------------------------------------------------------------- review findings
+
+
+def _env(component: str, values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Return {name: value or valueFrom} of one app container, the env ConfigMap merged in."""
+    env = dict(find("ConfigMap", f"{FULLNAME}-env", values)["data"])
+    for item in container(component, component, values)["env"]:
+        env[item["name"]] = item.get("value", item.get("valueFrom"))
+    return env
+
+
+def _all_ports(values: dict[str, Any] | None = None) -> set[int]:
+    """Every container port and Service port/targetPort number the chart renders."""
+    ports = set()
+    for obj in objects(values):
+        if obj["kind"] == "Service":
+            ports |= {p["port"] for p in obj["spec"]["ports"]}
+    for _, spec in pod_specs(values):
+        for each in spec["containers"] + spec.get("initContainers", []):
+            ports |= {p["containerPort"] for p in each.get("ports", [])}
+    return ports
+
+
+@pytest.mark.parametrize("component", ["http", "ws"])
+def test_app_trusts_only_listed_proxies_and_knows_its_internal_port(component: str) -> None:
+    """Finding 1: FORWARDED_ALLOW_IPS is app.trustedProxies (never `*`); INTERNAL_PORT is set
+    and is neither a container port nor a Service port."""
+    env = _env(component)
+    assert env["FORWARDED_ALLOW_IPS"] == ",".join(PRIVATE_RANGES)
+    assert "*" not in env["FORWARDED_ALLOW_IPS"]
+    assert env["INTERNAL_PORT"] == "9000"
+    assert 9000 not in _all_ports()
+    custom = {"app": {"trustedProxies": ["10.42.0.0/16"], "internalPort": 9100}}
+    env = _env(component, custom)
+    assert (env["FORWARDED_ALLOW_IPS"], env["INTERNAL_PORT"]) == ("10.42.0.0/16", "9100")
+    assert 9100 not in _all_ports(custom)
+
+
+def test_drain_still_runs_through_the_entrypoint_with_the_internal_port() -> None:
+    """Finding 1: the ws preStop runs `entrypoint.sh drain`, which reads INTERNAL_PORT from
+    the container's environment (the env ConfigMap)."""
+    ws = container("ws", "ws")
+    assert ws["lifecycle"]["preStop"]["exec"]["command"][2].endswith(f"exec {ENTRYPOINT} drain")
+    assert {"configMapRef": {"name": f"{FULLNAME}-env"}} in ws["envFrom"]
+
+
+def test_a_wildcard_proxy_or_a_clashing_internal_port_is_refused() -> None:
+    """Finding 1: `*` in app.trustedProxies and internalPort == port fail the render."""
+    assert "/app/trustedProxies/0': '*' does not match" in render_error(
+        {"app": {"trustedProxies": ["*"]}})
+    assert "app.internalPort" in render_error({"app": {"internalPort": 8000}})
+
+
+def test_nginx_trusts_the_private_ranges_by_default() -> None:
+    """Finding 2: behind an Ingress or balancer nginx sees the real client address."""
+    conf = _chart_nginx_conf()
+    for cidr in PRIVATE_RANGES:
+        assert f"\n    set_real_ip_from {cidr};\n" in conf
+    assert "real_ip_header X-Forwarded-For;" in conf and "real_ip_recursive on;" in conf
+
+
+def test_nginx_service_keeps_client_addresses_on_a_fixed_node_port() -> None:
+    """Findings 2 and 14: externalTrafficPolicy Local and a fixed nodePort."""
+    values = {"nginx": {"service": {"type": "NodePort", "nodePort": 30080,
+                                    "externalTrafficPolicy": "Local"}}}
+    spec = find("Service", f"{FULLNAME}-nginx", values)["spec"]
+    assert spec["type"] == "NodePort" and spec["externalTrafficPolicy"] == "Local"
+    assert spec["ports"][0]["nodePort"] == 30080
+    default = find("Service", f"{FULLNAME}-nginx")["spec"]
+    assert "externalTrafficPolicy" not in default and "nodePort" not in default["ports"][0]
+
+
+def test_node_port_settings_on_a_cluster_ip_service_are_refused() -> None:
+    """Kubernetes would reject them; the chart says why first."""
+    assert "externalTrafficPolicy" in render_error(
+        {"nginx": {"service": {"externalTrafficPolicy": "Local"}}})
+    assert "nginx.service.nodePort" in render_error({"nginx": {"service": {"nodePort": 30080}}})
+
+
+def test_external_sentinel_from_a_bitnami_secret_uses_its_one_password() -> None:
+    """Finding 3: sentinelPasswordKey defaults to empty: no reference to a key the bitnami
+    Secret does not have; the app then uses the Redis password for Sentinel too."""
+    values = scenario_values("external-sentinel-bitnami-values.yaml")
+    assert "sentinelPasswordKey" not in values["redis"]["external"]
+    for component in ("http", "ws"):
+        env = _env(component, values)
+        assert env["REDIS_PASSWORD"] == {"secretKeyRef": {"name": "redis",
+                                                          "key": "redis-password"}}
+        assert "REDIS_SENTINEL_PASSWORD" not in env
+        assert env["REDIS_SENTINELS"] == "redis.data.svc.cluster.local:26379"
+    settings = (REPO / "app" / "settings.py").read_text()
+    assert 'REDIS_SENTINEL_PASSWORD = env("REDIS_SENTINEL_PASSWORD", REDIS_PASSWORD)' in settings
+
+
+def test_ingress_routes_every_path_to_nginx_with_tls() -> None:
+    """Finding 4: the Ingress points at the nginx Service's http port, TLS as given."""
+    values = scenario_values("ingress-tls-values.yaml")
+    ingress = find("Ingress", FULLNAME, values)
+    spec = ingress["spec"]
+    assert spec["ingressClassName"] == "nginx"
+    assert spec["tls"] == [{"secretName": "chanfleet-tls", "hosts": ["chat.example.com"]}]
+    assert spec["rules"] == [{"host": "chat.example.com", "http": {"paths": [{
+        "path": "/", "pathType": "Prefix",
+        "backend": {"service": {"name": f"{FULLNAME}-nginx", "port": {"name": "http"}}}}]}}]
+    assert ingress["metadata"]["annotations"][
+        "nginx.ingress.kubernetes.io/proxy-read-timeout"] == "3600"
+    assert not [o for o in objects() if o["kind"] == "Ingress"]
+
+
+def test_ingress_hosts_must_be_allowed_hosts() -> None:
+    """Finding 4: a host Django would answer 400 for, or no host at all, is refused."""
+    message = render_error({"ingress": {"enabled": True, "hosts": ["other.example.org"]}})
+    assert "other.example.org" in message and "app.allowedHosts" in message
+    assert "ingress.hosts" in render_error({"ingress": {"enabled": True}})
+    allowed = {"app": {"allowedHosts": [".example.com"]},
+               "ingress": {"enabled": True, "hosts": ["chat.example.com"]}}
+    assert find("Ingress", FULLNAME, allowed)
+
+
+def test_redis_url_mode_reads_the_url_from_a_secret_without_sentinel() -> None:
+    """Finding 5: redis.mode url: REDIS_URL from the Secret, no Redis objects, no sentinels."""
+    values = scenario_values("redis-url-values.yaml")
+    assert not [o for o in objects(values) if "redis" in o["metadata"]["name"]]
+    for component in ("http", "ws"):
+        env = _env(component, values)
+        assert env["REDIS_URL"] == {"secretKeyRef": {"name": "chanfleet-redis-url",
+                                                     "key": "url"}}
+        assert not {"REDIS_SENTINELS", "REDIS_MASTER_NAME", "REDIS_PASSWORD",
+                    "REDIS_SENTINEL_PASSWORD"} & env.keys()
+    assert "redis.url.existingSecret" in render_error({"redis": {"mode": "url"}})
+
+
+def test_redis_without_persistence_uses_empty_dirs() -> None:
+    """Finding 6: persistence off: no volume claims, the data volume is an emptyDir."""
+    values = scenario_values("redis-no-persistence-values.yaml")
+    spec = find("StatefulSet", f"{FULLNAME}-redis", values)["spec"]
+    assert "volumeClaimTemplates" not in spec
+    volumes = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}
+    assert volumes["data"] == {"name": "data", "emptyDir": {}}
+    assert "persistence.enabled is false" in render(values)["chanfleet/templates/NOTES.txt"]
+
+
+@pytest.mark.parametrize("replicas, quorum", [(1, 1), (3, 2), (5, 3)])
+def test_redis_replicas_set_pods_sentinels_and_a_majority_quorum(replicas: int,
+                                                                 quorum: int) -> None:
+    """Finding 6: redis.replicas pods, as many sentinels listed, quorum = majority."""
+    values = {"redis": {"replicas": replicas}}
+    spec = find("StatefulSet", f"{FULLNAME}-redis", values)["spec"]
+    assert spec["replicas"] == replicas
+    for each in spec["template"]["spec"]["containers"][:1] + spec["template"]["spec"][
+            "initContainers"]:
+        assert {"name": "REPLICAS", "value": str(replicas)} in each["env"]
+    sentinels = find("ConfigMap", f"{FULLNAME}-env", values)["data"]["REDIS_SENTINELS"]
+    assert len(sentinels.split(",")) == replicas
+    assert (f"sentinel monitor chanfleet @@MASTER_HOST@@ @@MASTER_PORT@@ {quorum}\n"
+            in configmap_text("redis", "sentinel.conf.tmpl", values))
+
+
+def test_a_single_redis_pod_warns_and_its_prestop_does_not_wait() -> None:
+    """Finding 6: replicas 1 renders (scenario) with a no-failover warning; 0 is refused."""
+    values = scenario_values("redis-single-values.yaml")
+    assert "no automatic failover" in render(values)["chanfleet/templates/NOTES.txt"]
+    prestop = configmap_text("redis", "prestop-redis.sh", values)
+    assert '[ "$REPLICAS" -gt 1 ] || exit 0' in prestop
+    assert "redis.replicas (0) must be at least 1" in render_error({"redis": {"replicas": 0}})
+
+
+def test_redis_init_with_one_pod_makes_it_the_master(tmp_path: Path) -> None:
+    """Finding 6: pod 0 of a one-pod set asks no peer and starts as the master."""
+    values = scenario_values("redis-single-values.yaml")
+    result = _run_init(tmp_path, sentinel_says=None, pod=f"{FULLNAME}-redis-0", values=values)
+    assert result.returncode == 0, result.stderr
+    assert "\nreplicaof " not in (tmp_path / "data" / "conf" / "redis.conf").read_text()
+    assert not (tmp_path / "redis-cli.log").exists()
+    assert f"sentinel monitor chanfleet {FULLNAME}-redis-0.{HEADLESS} 6379 1\n" in (
+        tmp_path / "data" / "sentinel" / "sentinel.conf").read_text()
+
+
+def test_pods_take_affinity_labels_extra_volumes_and_env_sources() -> None:
+    """Finding 7: affinity, podLabels, extraVolumes/extraVolumeMounts/extraEnvFrom."""
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "pool", "operator": "In", "values": ["realtime"]}]}]}}}
+    values = {
+        "app": {"extraVolumes": [{"name": "ca", "configMap": {"name": "corp-ca"}}],
+                "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/corp-ca"}],
+                "extraEnvFrom": [{"secretRef": {"name": "chanfleet-extra"}}]},
+        "ws": {"affinity": affinity, "podLabels": {"team": "chat",
+                                                   "app.kubernetes.io/component": "x"}},
+        "redis": {"affinity": affinity, "podLabels": {"team": "chat"}},
+        "nginx": {"affinity": affinity},
+        "migrations": {"podAnnotations": {"sidecar.istio.io/inject": "false"},
+                       "podLabels": {"team": "chat"}},
+    }
+    for kind, name in [("Deployment", "ws"), ("Deployment", "nginx"), ("StatefulSet", "redis")]:
+        assert find(kind, f"{FULLNAME}-{name}", values)["spec"]["template"]["spec"][
+            "affinity"] == affinity
+    template = find("Deployment", f"{FULLNAME}-ws", values)["spec"]["template"]
+    assert template["metadata"]["labels"]["team"] == "chat"
+    assert template["metadata"]["labels"]["app.kubernetes.io/component"] == "ws"  # chart wins
+    job = find("Job", f"{FULLNAME}-migrate", values)["spec"]["template"]
+    assert job["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
+    assert job["metadata"]["labels"]["team"] == "chat"
+    for name, spec in pod_specs(values):
+        if name.endswith(("-http", "-ws", "-migrate")):
+            app = spec["containers"][0]
+            assert {"name": "ca", "configMap": {"name": "corp-ca"}} in spec["volumes"], name
+            assert {"name": "ca", "mountPath": "/etc/corp-ca"} in app["volumeMounts"], name
+            assert {"secretRef": {"name": "chanfleet-extra"}} in app["envFrom"], name
+    for version in (OLDEST_KUBERNETES, NEWEST_KUBERNETES):
+        for obj in objects(values):
+            if obj["kind"] not in KINDS_WITHOUT_SCHEMA:
+                kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_openshift_scenario_sets_no_fixed_ids() -> None:
+    """Finding 7: with the ids set to null no pod asks for a uid, gid or fsGroup."""
+    values = scenario_values("openshift-values.yaml")
+    for name, spec in pod_specs(values):
+        contexts = [spec["securityContext"]] + [
+            c["securityContext"] for c in spec["containers"] + spec.get("initContainers", [])]
+        for context in contexts:
+            assert not {"runAsUser", "runAsGroup", "fsGroup"} & context.keys(), name
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+    job = find("Job", f"{FULLNAME}-migrate", values)["spec"]["template"]["metadata"]
+    assert job["annotations"] == {"sidecar.istio.io/inject": "false"}
+
+
+def test_chart_works_as_a_subchart_with_global_values() -> None:
+    """Finding 8: a parent chart's `global` values are accepted."""
+    assert find("Deployment", f"{FULLNAME}-ws",
+                {"global": {"imageRegistry": "registry.example", "storageClass": "fast"}})
+
+
+def _render_as(values: dict[str, Any], *, upgrade: bool) -> dict[str, str]:
+    with helm.Chart.load(CHART) as chart:
+        return chart.render(values, name=RELEASE, namespace=NAMESPACE,
+                            is_install=not upgrade, is_upgrade=upgrade)
+
+
+def test_given_secrets_render_identically_without_a_cluster() -> None:
+    """Finding 9: with the secrets given, two offline renders (install or upgrade) agree."""
+    for upgrade in (False, True):
+        assert _render_as(SECRET_VALUES, upgrade=upgrade) == _render_as(SECRET_VALUES,
+                                                                         upgrade=upgrade)
+
+
+@pytest.mark.parametrize("missing, value", [
+    ({"secrets": {"secretKey": ""}}, "secrets.secretKey"),
+    ({"redis": {"auth": {"password": ""}}}, "redis.auth.password"),
+    ({"redis": {"auth": {"sentinelPassword": ""}}}, "redis.auth.sentinelPassword"),
+])
+def test_an_upgrade_render_that_cannot_keep_a_generated_secret_is_refused(
+        missing: dict[str, Any], value: str) -> None:
+    """Finding 9: an upgrade render without the stored value refuses to invent a new one."""
+    values = json.loads(json.dumps(SECRET_VALUES))
+    for key, part in missing.items():
+        for inner, setting in part.items():
+            if isinstance(setting, dict):
+                values[key][inner].update(setting)
+            else:
+                values[key][inner] = setting
+    with pytest.raises(helm.HelmError) as caught:
+        _render_as(values, upgrade=True)
+    assert f"cannot keep {value} stable" in str(caught.value)
+    assert "existingSecret" in str(caught.value)
+
+
+def test_generated_secrets_survive_uninstall() -> None:
+    """Finding 9: Secrets holding generated values are kept by `helm uninstall`."""
+    for name in ("app", "redis"):
+        annotations = find("Secret", f"{FULLNAME}-{name}")["metadata"]["annotations"]
+        assert annotations["helm.sh/resource-policy"] == "keep"
+        assert "annotations" not in find("Secret", f"{FULLNAME}-{name}",
+                                         SECRET_VALUES)["metadata"]
+
+
+def test_values_and_readme_document_secret_generation() -> None:
+    """Finding 9: the behaviour is written down where users look."""
+    values = (CHART / "values.yaml").read_text()
+    readme = (CHART / "README.md").read_text()
+    for text in (values, readme):
+        assert "helm template" in text and "resource-policy: keep" in text
+
+
+@pytest.mark.parametrize("maxmemory, limit", [("200mb", "256Mi"), ("1gb", "1536Mi"),
+                                              ("129mb", "256Mi")])
+def test_maxmemory_over_half_the_memory_limit_is_refused(maxmemory: str, limit: str) -> None:
+    """Finding 10: maxmemory must leave the other half of the limit to buffers and forks."""
+    message = render_error({"redis": {"maxmemory": maxmemory,
+                                      "resources": {"limits": {"memory": limit}}}})
+    assert "redis.maxmemory" in message and "half" in message
+
+
+def test_default_maxmemory_fits_the_default_limit() -> None:
+    """Finding 10: the default pair passes, and so do larger valid pairs."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["redis"]
+    assert (values["maxmemory"], values["resources"]["limits"]["memory"]) == ("128mb", "256Mi")
+    assert "maxmemory 128mb" in configmap_text("redis", "redis.conf.tmpl")
+    assert find("StatefulSet", f"{FULLNAME}-redis", {"redis": {
+        "maxmemory": "1gb", "resources": {"limits": {"memory": "2Gi"}}}})
+
+
+@pytest.mark.parametrize("name", ["DRAIN_WINDOW", "FORWARDED_ALLOW_IPS", "INTERNAL_PORT",
+                                  "REDIS_SENTINELS", "WEB_CONCURRENCY", "DRAIN_TIMEOUT",
+                                  "REDIS_URL"])
+def test_extra_env_cannot_repeat_a_key_the_chart_sets(name: str) -> None:
+    """Finding 12: app.extraEnv duplicating a chart-set variable fails with a clear message."""
+    message = render_error({"app": {"extraEnv": {name: "1"}}})
+    assert f"app.extraEnv.{name}: the chart sets {name} itself" in message
+    assert find("ConfigMap", f"{FULLNAME}-env",
+                {"app": {"extraEnv": {"WS_CONNECT_CONCURRENCY": "64"}}})["data"][
+        "WS_CONNECT_CONCURRENCY"] == "64"
+
+
+def test_every_image_follows_its_overrides_for_a_local_cluster() -> None:
+    """Finding 14: app, nginx, Redis and both exporters from the local store (pullPolicy
+    Never), nginx on a fixed node port."""
+    values = scenario_values("local-cluster-values.yaml")
+    seen = set()
+    for name, spec in pod_specs(values):
+        for each in spec["containers"] + spec.get("initContainers", []):
+            assert each["image"].startswith("localhost/"), (name, each["name"])
+            assert each["imagePullPolicy"] == "Never", (name, each["name"])
+            seen.add(each["image"].split(":")[0])
+    assert seen == {"localhost/chanfleet", "localhost/nginx-unprivileged", "localhost/redis",
+                    "localhost/nginx-prometheus-exporter", "localhost/redis_exporter"}
+    service = find("Service", f"{FULLNAME}-nginx", values)["spec"]
+    assert (service["type"], service["ports"][0]["nodePort"]) == ("NodePort", 30080)

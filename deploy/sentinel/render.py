@@ -71,6 +71,12 @@ def _check_token(name: str, value: object) -> str:
     return text
 
 
+def _check_positive(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
 def _check_port(name: str, value: int) -> int:
     """Refuse a port number outside 1..65535."""
     port = int(value)
@@ -127,8 +133,9 @@ def render_sentinel_conf(
     announce_port: int | None = None,
     down_after_ms: int = LOCAL_DEFAULTS.down_after_ms,
     failover_timeout_ms: int = LOCAL_DEFAULTS.failover_timeout_ms,
+    quorum: int = 2,
 ) -> str:
-    """Render sentinel.conf.tmpl for one sentinel watching ``master_name`` (quorum 2 of 3)."""
+    """Render sentinel.conf.tmpl for one sentinel watching ``master_name`` (quorum of sentinels)."""
     if int(down_after_ms) <= 0 or int(failover_timeout_ms) <= 0:
         raise ValueError("down_after_ms and failover_timeout_ms must be positive milliseconds")
     return render(
@@ -146,6 +153,7 @@ def render_sentinel_conf(
             "MASTER_PORT": _check_port("master_port", master_port),
             "DOWN_AFTER_MS": int(down_after_ms),
             "FAILOVER_TIMEOUT_MS": int(failover_timeout_ms),
+            "QUORUM": _check_positive("quorum", quorum),
         },
     )
 

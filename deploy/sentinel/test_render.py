@@ -83,6 +83,7 @@ def test_sentinel_placeholders_are_exactly_the_documented_set():
         "MASTER_PORT",
         "DOWN_AFTER_MS",
         "FAILOVER_TIMEOUT_MS",
+        "QUORUM",
     }
 
 

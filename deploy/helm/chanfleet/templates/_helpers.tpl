@@ -20,13 +20,19 @@
 {{/* Labels of every object. Call with (dict "ctx" $ "component" "ws"). */}}
 {{- define "chanfleet.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+" "_" }}
-{{ include "chanfleet.selectorLabels" . }}
 app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
-app.kubernetes.io/part-of: chanfleet
-{{- with .ctx.Values.commonLabels }}
-{{ toYaml . }}
-{{- end }}
+{{ include "chanfleet.podLabels" . }}
+{{- end -}}
+
+{{/* Labels of pod templates: no chart version and no appVersion, so a chart bump alone does
+     not restart any pod (Redis included). Call with (dict "ctx" $ "component" "ws" "extra"
+     .Values.ws.podLabels); extra labels never replace the chart's own. */}}
+{{- define "chanfleet.podLabels" -}}
+{{- $labels := fromYaml (include "chanfleet.selectorLabels" .) -}}
+{{- $_ := set $labels "app.kubernetes.io/managed-by" .ctx.Release.Service -}}
+{{- $_ := set $labels "app.kubernetes.io/part-of" "chanfleet" -}}
+{{- $labels = merge $labels (.ctx.Values.commonLabels | default dict) (.extra | default dict) -}}
+{{- toYaml $labels -}}
 {{- end -}}
 
 {{- define "chanfleet.selectorLabels" -}}
@@ -62,7 +68,7 @@ app.kubernetes.io/component: {{ .component }}
 {{ join "," .Values.redis.external.sentinels }}
 {{- else -}}
 {{- $sentinels := list -}}
-{{- range $i := until 3 -}}
+{{- range $i := until (int .Values.redis.replicas) -}}
 {{- $sentinels = append $sentinels (printf "%s-redis-%d.%s:26379" (include "chanfleet.fullname" $) $i (include "chanfleet.serviceFqdn" (dict "ctx" $ "suffix" "redis-headless"))) -}}
 {{- end -}}
 {{ join "," $sentinels }}
@@ -73,6 +79,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "chanfleet.redisSecretName" -}}
 {{- if eq .Values.redis.mode "external" -}}
 {{ .Values.redis.external.existingSecret }}
+{{- else if eq .Values.redis.mode "url" -}}
+{{ .Values.redis.url.existingSecret }}
 {{- else -}}
 {{ .Values.redis.auth.existingSecret | default (printf "%s-redis" (include "chanfleet.fullname" .)) }}
 {{- end -}}
@@ -86,8 +94,12 @@ app.kubernetes.io/component: {{ .component }}
 {{ if eq .Values.redis.mode "external" }}{{ .Values.redis.external.sentinelPasswordKey }}{{ else }}sentinel-password{{ end }}
 {{- end -}}
 
-{{/* A secret value: the given one, else the one already stored (upgrades), else a new random one.
-     Call with (dict "ctx" $ "secret" NAME "key" KEY "given" VALUE). */}}
+{{/* A secret value: the given one, else the one already stored, else a new random one.
+     Call with (dict "ctx" $ "secret" NAME "key" KEY "given" VALUE "value" "values.path").
+     Generating is only safe on a first install. An upgrade render that cannot read the stored
+     value (`helm template --is-upgrade`, `helm upgrade --dry-run` without server access, helm
+     diff, or a deleted Secret) would rotate it under running pods, so it is refused instead.
+     Plain `helm template` cannot be told apart from a first install: see values.yaml. */}}
 {{- define "chanfleet.secretValue" -}}
 {{- if .given -}}
 {{ .given }}
@@ -95,6 +107,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- $existing := lookup "v1" "Secret" .ctx.Release.Namespace .secret -}}
 {{- if and $existing (hasKey ($existing.data | default dict) .key) -}}
 {{ index $existing.data .key | b64dec }}
+{{- else if .ctx.Release.IsUpgrade -}}
+{{- fail (printf "cannot keep %s stable: this upgrade render cannot read key %s of Secret %s (no cluster access, or the Secret is gone), and a new random value would no longer match what the running pods and Redis use. Set %s (or the matching existingSecret) to the current value: kubectl -n %s get secret %s -o jsonpath='{.data.%s}' | base64 -d" .value .key .secret .value .ctx.Release.Namespace .secret .key) -}}
 {{- else -}}
 {{ randAlphaNum 48 }}
 {{- end -}}
@@ -127,6 +141,14 @@ app.kubernetes.io/component: {{ .component }}
     secretKeyRef:
       name: {{ .Values.database.existingSecret | default (printf "%s-app" (include "chanfleet.fullname" .)) }}
       key: {{ if .Values.database.existingSecret }}{{ .Values.database.existingSecretKey }}{{ else }}DATABASE_URL{{ end }}
+{{- if eq .Values.redis.mode "url" }}
+# The URL may carry the password: from a Secret only.
+- name: REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redis.url.existingSecret }}
+      key: {{ .Values.redis.url.key }}
+{{- else }}
 - name: REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
@@ -139,25 +161,51 @@ app.kubernetes.io/component: {{ .component }}
       name: {{ include "chanfleet.redisSecretName" . }}
       key: {{ include "chanfleet.redisSentinelPasswordKey" . }}
 {{- end }}
+{{- end }}
 {{- end -}}
 
-{{/* Pod and container security settings shared by every chanfleet-image pod. */}}
-{{- define "chanfleet.podSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: 10001
-runAsGroup: 10001
-fsGroup: 10001
-seccompProfile:
-  type: RuntimeDefault
+{{/* The chart's own keys of the env ConfigMap (app.extraEnv is added after them). */}}
+{{- define "chanfleet.configEnv" -}}
+DEBUG: "0"
+HTTPS: {{ ternary "1" "0" .Values.app.https | quote }}
+CSRF_TRUSTED_ORIGINS: {{ join "," .Values.app.csrfTrustedOrigins | quote }}
+LOG_LEVEL: {{ .Values.app.logLevel | quote }}
+{{- if ne .Values.redis.mode "url" }}
+REDIS_SENTINELS: {{ include "chanfleet.redisSentinels" . | quote }}
+REDIS_MASTER_NAME: {{ .Values.redis.masterName | quote }}
+{{- end }}
+DRAIN_WINDOW: {{ .Values.ws.drain.windowSeconds | quote }}
+# Whose X-Forwarded-For uvicorn and gunicorn believe: the nginx pods' network (app.trustedProxies).
+FORWARDED_ALLOW_IPS: {{ join "," .Values.app.trustedProxies | quote }}
+# Loopback-only listener of /internal/drain and /internal/status (never a container port).
+INTERNAL_PORT: {{ .Values.app.internalPort | quote }}
 {{- end -}}
 
-{{- define "chanfleet.containerSecurityContext" -}}
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-privileged: false
-capabilities:
-  drop:
-    - ALL
+{{/* Names of the environment variables the chart sets in app containers (besides the env
+     ConfigMap's keys): app.extraEnv must not repeat any of them (checks.yaml). */}}
+{{- define "chanfleet.containerEnvNames" -}}
+PORT WEB_CONCURRENCY DRAIN_TIMEOUT POD_IP ALLOWED_HOSTS SECRET_KEY SERVICE_TOKEN DATABASE_URL REDIS_URL REDIS_PASSWORD REDIS_SENTINEL_PASSWORD
+{{- end -}}
+
+{{/* Scheduling fields shared by every pod: (dict "ctx" $ "component" "ws" "values" .Values.ws). */}}
+{{- define "chanfleet.scheduling" -}}
+{{- $v := .values -}}
+{{- if .ctx.Values.topologySpread.enabled }}
+topologySpreadConstraints:
+  {{- include "chanfleet.topologySpread" (dict "ctx" .ctx "component" .component) | trim | nindent 2 }}
+{{- end }}
+{{- with $v.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end -}}
 
 {{/* topologySpreadConstraints for one component: (dict "ctx" $ "component" "ws"). */}}
@@ -177,4 +225,13 @@ capabilities:
     - pod-template-hash
   {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/* Checksum of what a rendered config object holds, without its metadata (whose labels carry
+     the chart version): pods roll when the content changes, not on a chart bump.
+     Call with (dict "ctx" $ "template" "/configmap-env.yaml"). */}}
+{{- define "chanfleet.checksum" -}}
+{{- $obj := include (print .ctx.Template.BasePath .template) .ctx | fromYaml | default dict -}}
+{{- $_ := unset $obj "metadata" -}}
+{{- toJson $obj | sha256sum -}}
 {{- end -}}

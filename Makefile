@@ -52,7 +52,7 @@ test-sqlite: venv system-deps ## The app's own tests on SQLite (what CI runs aft
 	DATABASE_URL= $(PY) -m pytest -q app
 
 .PHONY: chart
-chart: venv ## Sync the chart's copied files and render the chart to build/chart for review
+chart: venv ## Render the chart to build/chart for review
 	$(PY) -m deploy.helm.render --out build/chart
 
 # Load: a short soak by default; USERS=, ROOMS=, DURATION= (plateau seconds) for long runs.

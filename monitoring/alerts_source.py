@@ -1,4 +1,4 @@
-"""The source of monitoring/alerts.yaml, and the one place that names Prometheus jobs.
+"""The source of the alert rules (the chart's files/alerts.yaml), and the one place that names Prometheus jobs.
 
 Edit the alerts here, then regenerate the rule file from the repository root:
 
@@ -44,7 +44,10 @@ ABNORMAL_CLOSE_CODES = "1006|1011"
 REFUSAL_REASONS = "rate_limited|unavailable"
 
 RUNBOOK_BASE = "https://github.com/chanfleet/chanfleet/blob/main/docs/runbooks/alerts.md"
-ALERTS_PATH = Path(__file__).resolve().parent / "alerts.yaml"
+# Written where the chart reads it (Helm sees nothing outside the chart); the local Prometheus
+# and promtool read the same file.
+ALERTS_PATH = (Path(__file__).resolve().parents[1] / "deploy" / "helm" / "chanfleet" / "files"
+               / "alerts.yaml")
 
 
 def runbook_url(alert_name: str) -> str:
@@ -396,7 +399,7 @@ def groups() -> list[dict]:
 
 
 def render() -> str:
-    """Return the text of monitoring/alerts.yaml."""
+    """Return the text of the rule file."""
     body = yaml.dump(
         {"groups": groups()}, Dumper=_Dumper, sort_keys=False, width=4096, allow_unicode=True
     )
@@ -404,7 +407,7 @@ def render() -> str:
 
 
 def main() -> int:
-    """Write monitoring/alerts.yaml."""
+    """Write the rule file into the chart (ALERTS_PATH)."""
     ALERTS_PATH.write_text(render())
     print(f"wrote {ALERTS_PATH}")
     return 0

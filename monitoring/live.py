@@ -29,10 +29,11 @@ from pathlib import Path
 
 import yaml
 
+from monitoring import alerts_source
 from monitoring.dashboards.queries import dashboard_queries, to_promql
 
 MONITORING_DIR = Path(__file__).resolve().parent
-ALERTS_FILE = MONITORING_DIR / "alerts.yaml"
+ALERTS_FILE = alerts_source.ALERTS_PATH
 
 
 class PrometheusError(RuntimeError):
@@ -190,7 +191,7 @@ def dashboard_expressions(variables: dict[str, str] | None = None) -> list[tuple
 
 
 def alert_expressions(path: str | os.PathLike = ALERTS_FILE) -> list[tuple[str, str]]:
-    """Return (alert name, expr) for every alerting rule of monitoring/alerts.yaml."""
+    """Return (alert name, expr) for every alerting rule of the generated rule file."""
     document = yaml.safe_load(Path(path).read_text())
     return [
         (rule["alert"], rule["expr"].strip())

@@ -24,7 +24,8 @@ from monitoring.dashboards import generate, queries  # noqa: E402
 
 MONITORING = ROOT / "monitoring"
 PROMETHEUS_YML = MONITORING / "prometheus.yml"
-ALERTS_YAML = MONITORING / "alerts.yaml"
+ALERTS_YAML = alerts_source.ALERTS_PATH
+DASHBOARDS = ROOT / "deploy" / "helm" / "chanfleet" / "files" / "dashboards"
 ALERTS_TEST = MONITORING / "tests" / "alerts_test.yaml"
 RUNBOOK = ROOT / "docs" / "runbooks" / "alerts.md"
 METRICS_DOC = ROOT / "docs" / "metrics.md"
@@ -213,7 +214,7 @@ def test_prometheus_yml_scrapes_the_configured_jobs():
     jobs = {scrape["job_name"] for scrape in config["scrape_configs"]}
     assert jobs == set(alerts_source.JOBS.values())
     assert config["global"]["scrape_interval"] == "5s"
-    assert config["rule_files"] == ["alerts.yaml"]
+    assert config["rule_files"] == ["../deploy/helm/chanfleet/files/alerts.yaml"]
 
 
 def test_expressions_use_job_matchers_from_selectors_only():
@@ -237,7 +238,7 @@ def test_dashboards_regenerate_byte_for_byte():
     rendered = generate.render()
     assert set(rendered) == set(EXPECTED_DASHBOARDS)
     for name, text in rendered.items():
-        committed = (MONITORING / "dashboards" / name).read_text()
+        committed = (DASHBOARDS / name).read_text()
         assert committed == text, f"{name} differs: run .venv/bin/python -m " \
             "monitoring.dashboards.generate"
 
@@ -245,7 +246,7 @@ def test_dashboards_regenerate_byte_for_byte():
 def test_dashboards_have_stable_uids_and_titles():
     """Each dashboard's uid is its file name and its title is the expected one."""
     for name, title in EXPECTED_DASHBOARDS.items():
-        model = json.loads((MONITORING / "dashboards" / name).read_text())
+        model = json.loads((DASHBOARDS / name).read_text())
         assert model["uid"] == Path(name).stem
         assert model["title"] == title
 
@@ -253,7 +254,7 @@ def test_dashboards_have_stable_uids_and_titles():
 def test_dashboards_have_datasource_and_instance_variables():
     """Each dashboard has a Prometheus ${datasource} variable and an instance variable."""
     for name in EXPECTED_DASHBOARDS:
-        model = json.loads((MONITORING / "dashboards" / name).read_text())
+        model = json.loads((DASHBOARDS / name).read_text())
         variables = {v["name"]: v for v in model["templating"]["list"]}
         assert variables["datasource"]["type"] == "datasource"
         assert variables["datasource"]["query"] == "prometheus"
@@ -263,7 +264,7 @@ def test_dashboards_have_datasource_and_instance_variables():
 def test_every_panel_uses_the_datasource_variable():
     """Every panel and target reads from ${datasource}, and panel ids are unique."""
     for name in EXPECTED_DASHBOARDS:
-        model = json.loads((MONITORING / "dashboards" / name).read_text())
+        model = json.loads((DASHBOARDS / name).read_text())
         ids = [panel["id"] for panel in model["panels"]]
         assert len(ids) == len(set(ids)), name
         for panel in model["panels"]:

@@ -1,16 +1,11 @@
-"""Sync the chart's copies of shared files, then render the Helm chart into a folder for review.
+"""Render the Helm chart into a folder for review.
 
-Helm can read only files inside the chart, so deploy/helm/chanfleet/files/ holds byte-identical
-copies of files that live elsewhere (the nginx and Sentinel templates, the alert rules, the
-Grafana dashboards). This script is the one way they are updated::
+    python -m deploy.helm.render --out build/chart [--values FILE ...]
 
-    python -m deploy.helm.render --out build/chart [--values FILE ...]   # sync, then render
-    python -m deploy.helm.render --check                                 # refuse drifted copies
-
-Without ``--check`` the originals win: every copy that differs is overwritten (and stale
-dashboard copies are removed), and the changed paths are printed so they can be reviewed and
-committed with the original. With ``--check`` nothing is written and the exit status is 1 if
-any copy differs (what CI runs; deploy/helm/test_chart.py fails on drift as well).
+Helm can read only files inside the chart, so the files the chart shares with the local
+topology and monitoring (the nginx and Sentinel templates, the alert rules, the Grafana
+dashboards) live in deploy/helm/chanfleet/files/ and nowhere else: deploy/nginx/render.py and
+deploy/sentinel/render.py read them there, and monitoring's generators write them there.
 
 Rendering uses helm-python (Helm's Go SDK): no cluster and no ``helm`` binary. Each template's
 output goes to ``OUT/<template path>``; NOTES.txt included.
@@ -19,9 +14,7 @@ output goes to ``OUT/<template path>``; NOTES.txt included.
 from __future__ import annotations
 
 import argparse
-import filecmp
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,59 +22,6 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "chanfleet"
-FILES = CHART / "files"
-DASHBOARDS = REPO / "monitoring" / "dashboards"
-
-# Copies inside the chart and the originals they must equal, byte for byte.
-STATIC_COPIES: dict[str, Path] = {
-    "nginx.conf.tmpl": REPO / "deploy" / "nginx" / "nginx.conf.tmpl",
-    "redis.conf.tmpl": REPO / "deploy" / "sentinel" / "redis.conf.tmpl",
-    "sentinel.conf.tmpl": REPO / "deploy" / "sentinel" / "sentinel.conf.tmpl",
-    "alerts.yaml": REPO / "monitoring" / "alerts.yaml",
-}
-
-
-def copy_pairs() -> list[tuple[Path, Path]]:
-    """Return (copy in the chart, original) for every shared file, dashboards included."""
-    pairs = [(FILES / name, original) for name, original in STATIC_COPIES.items()]
-    pairs += [
-        (FILES / "dashboards" / original.name, original)
-        for original in sorted(DASHBOARDS.glob("*.json"))
-    ]
-    return pairs
-
-
-def stale_copies() -> list[Path]:
-    """Return dashboard copies in the chart whose original no longer exists."""
-    originals = {path.name for path in DASHBOARDS.glob("*.json")}
-    return sorted(
-        path for path in (FILES / "dashboards").glob("*.json") if path.name not in originals
-    )
-
-
-def drifted() -> list[Path]:
-    """Return the chart copies that are missing, differ from their original, or are stale."""
-    changed = [
-        copy
-        for copy, original in copy_pairs()
-        if not copy.exists() or not filecmp.cmp(copy, original, shallow=False)
-    ]
-    return changed + stale_copies()
-
-
-def sync() -> list[Path]:
-    """Overwrite drifted copies with their originals, remove stale ones; return what changed."""
-    changed = drifted()
-    originals = dict(copy_pairs())
-    for copy in changed:
-        if copy in originals:
-            copy.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(originals[copy], copy)
-        else:
-            copy.unlink()
-    return changed
-
-
 def load_values(paths: list[Path]) -> dict[str, Any]:
     """Merge values files like `helm -f a -f b` does for top-level keys (later files win)."""
     merged: dict[str, Any] = {}
@@ -136,28 +76,17 @@ def write(manifests: dict[str, str], out: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: sync (or --check) the chart's copies, then render to --out."""
+    """Command line: render the chart to --out."""
     parser = argparse.ArgumentParser(prog="python -m deploy.helm.render", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, help="folder to render into (e.g. build/chart)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="folder to render into (e.g. build/chart)")
     parser.add_argument("--values", type=Path, action="append", default=[],
                         help="values file; repeat to layer several")
     parser.add_argument("--release", default="chanfleet", help="release name")
     parser.add_argument("--namespace", default="chanfleet", help="release namespace")
-    parser.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 if a chart copy differs from its original")
     args = parser.parse_args(argv)
 
-    if args.check:
-        changed = drifted()
-        for path in changed:
-            print(f"drifted: {path.relative_to(REPO)}", file=sys.stderr)
-        if changed:
-            print("run: python -m deploy.helm.render --out build/chart", file=sys.stderr)
-            return 1
-    else:
-        for path in sync():
-            print(f"synced: {path.relative_to(REPO)}")
     if args.out:
         for path in write(render(load_values(args.values), release=args.release,
                                  namespace=args.namespace), args.out):

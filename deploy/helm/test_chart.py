@@ -26,6 +26,7 @@ from kubernetes_validate import utils as kubernetes_validate
 from deploy.helm import render as chart_render
 from deploy.nginx.render import render_nginx_conf, upstream_servers
 from deploy.templating import PLACEHOLDER
+from monitoring import alerts_source
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "chanfleet"
@@ -930,9 +931,9 @@ def test_app_service_monitors_scrape_metrics_on_the_http_port() -> None:
 
 
 def test_prometheus_rule_holds_the_alerts_of_monitoring() -> None:
-    """The PrometheusRule's spec is monitoring/alerts.yaml."""
+    """The PrometheusRule's spec is the rule file monitoring/alerts_source.py generates."""
     rule = find("PrometheusRule", FULLNAME, scenario_values("monitoring-values.yaml"))
-    assert rule["spec"] == yaml.safe_load((REPO / "monitoring" / "alerts.yaml").read_text())
+    assert rule["spec"] == yaml.safe_load(alerts_source.render())
 
 
 def test_dashboards_ship_as_labelled_configmaps() -> None:
@@ -940,7 +941,7 @@ def test_dashboards_ship_as_labelled_configmaps() -> None:
     values = scenario_values("monitoring-values.yaml")
     maps = [o for o in objects(values)
             if o["kind"] == "ConfigMap" and o["metadata"]["labels"].get("grafana_dashboard")]
-    originals = sorted((REPO / "monitoring" / "dashboards").glob("*.json"))
+    originals = sorted((CHART / "files" / "dashboards").glob("*.json"))
     assert len(maps) == len(originals)
     shipped = {key: json.loads(text) for m in maps for key, text in m["data"].items()}
     assert shipped == {p.name: json.loads(p.read_text()) for p in originals}
@@ -978,22 +979,21 @@ def test_notes_show_rollout_test_and_quorum_commands() -> None:
 # ---------------------------------------------------------------------------- drift and rendering
 
 
-@pytest.mark.parametrize("copy, original", chart_render.copy_pairs(),
-                         ids=lambda p: str(p.relative_to(REPO)))
-def test_chart_copy_is_byte_identical_to_its_original(copy: Path, original: Path) -> None:
-    """files/ copies equal their originals (fix: python -m deploy.helm.render)."""
-    assert copy.read_bytes() == original.read_bytes()
-
-
-def test_chart_has_no_stale_copies() -> None:
-    """Every dashboard copy in the chart still has its original."""
-    assert chart_render.stale_copies() == []
+def test_no_chart_file_is_a_copy_of_a_file_elsewhere() -> None:
+    """files/ holds the one copy of what the chart shares (nginx, Sentinel, alerts, dashboards)."""
+    chart_files = {p.read_bytes(): p for p in (CHART / "files").rglob("*") if p.is_file()}
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.split()
+    copies = [path for path in tracked
+              if not path.startswith("deploy/helm/chanfleet/")
+              and (REPO / path).is_file() and (REPO / path).read_bytes() in chart_files]
+    assert copies == []
 
 
 def test_render_script_writes_every_manifest(tmp_path: Path) -> None:
-    """`python -m deploy.helm.render --check --out DIR` writes one file per template."""
+    """`python -m deploy.helm.render --out DIR` writes one file per template."""
     out = tmp_path / "chart"
-    assert chart_render.main(["--check", "--out", str(out)]) == 0
+    assert chart_render.main(["--out", str(out)]) == 0
     written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     assert {"chanfleet/templates/deployment-ws.yaml", "chanfleet/templates/NOTES.txt",
             "chanfleet/templates/redis/statefulset.yaml"} <= written
@@ -1003,7 +1003,7 @@ def test_render_script_refuses_a_folder_it_did_not_write(tmp_path: Path) -> None
     """--out never deletes a folder that is not an earlier render."""
     (tmp_path / "keep.txt").write_text("mine")
     with pytest.raises(SystemExit):
-        chart_render.main(["--check", "--out", str(tmp_path)])
+        chart_render.main(["--out", str(tmp_path)])
     assert (tmp_path / "keep.txt").exists()
 
 
@@ -1336,3 +1336,23 @@ def test_every_image_follows_its_overrides_for_a_local_cluster() -> None:
                     "localhost/nginx-prometheus-exporter", "localhost/redis_exporter"}
     service = find("Service", f"{FULLNAME}-nginx", values)["spec"]
     assert (service["type"], service["ports"][0]["nodePort"]) == ("NodePort", 30080)
+
+
+# ---------------------------------------------------------------------------- the drills' values
+
+
+def test_the_deployed_drills_values_lint_and_validate() -> None:
+    """tests/deployed-values.yaml (the cluster drills' install) lints and validates offline.
+
+    A mistake there would otherwise cost a whole cluster run to find.
+    """
+    values = yaml.safe_load((REPO / "tests" / "deployed-values.yaml").read_text())
+    values["image"].update(repository="localhost/chanfleet", tag="0.1.0")
+    report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE,
+                       kube_version=f"v{OLDEST_KUBERNETES}")
+    assert [m for m in report["messages"] if m["severity"] >= 2] == [] and report["errors"] == []
+    for obj in objects(values):
+        if obj["kind"] not in KINDS_WITHOUT_SCHEMA:
+            kubernetes_validate.validate(obj, OLDEST_KUBERNETES, strict=True)
+    nginx = find("Service", f"{FULLNAME}-nginx", values)
+    assert nginx["spec"]["type"] == "NodePort" and nginx["spec"]["ports"][0]["nodePort"] == 30180

@@ -1,4 +1,4 @@
-"""Render deploy/nginx/nginx.conf.tmpl for the local topology (the Helm chart fills the same file).
+"""Render the chart's files/nginx.conf.tmpl for the local topology (the chart fills it too).
 
 Usage::
 
@@ -16,7 +16,9 @@ from pathlib import Path
 
 from deploy.templating import placeholders, render
 
-TEMPLATE_PATH = Path(__file__).with_name("nginx.conf.tmpl")
+# The chart reads it from its files/ (Helm sees nothing outside the chart): the one copy.
+TEMPLATE_PATH = (Path(__file__).resolve().parents[1] / "helm" / "chanfleet" / "files"
+                 / "nginx.conf.tmpl")
 
 # The app's WebSocket heartbeat; WS_READ_TIMEOUT must stay well above it.
 APP_HEARTBEAT_SECONDS = 25

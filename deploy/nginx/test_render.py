@@ -191,7 +191,8 @@ def test_cli_refuses_unknown_override(tmp_path: Path) -> None:
         )
 
 
-def test_template_path_is_next_to_the_module() -> None:
-    """The chart copies deploy/nginx/nginx.conf.tmpl; render.py reads that exact file."""
-    assert nginx_render.TEMPLATE_PATH == Path(__file__).with_name("nginx.conf.tmpl")
+def test_template_path_is_the_charts_file() -> None:
+    """render.py reads the chart's files/nginx.conf.tmpl, the one copy the chart fills too."""
+    chart_files = Path(__file__).resolve().parents[1] / "helm" / "chanfleet" / "files"
+    assert nginx_render.TEMPLATE_PATH == chart_files / "nginx.conf.tmpl"
     assert nginx_render.TEMPLATE_PATH.read_bytes().decode("utf-8") == template_text()

@@ -18,8 +18,10 @@ from pathlib import Path
 from deploy.templating import render
 
 HERE = Path(__file__).resolve().parent
-REDIS_TEMPLATE = HERE / "redis.conf.tmpl"
-SENTINEL_TEMPLATE = HERE / "sentinel.conf.tmpl"
+# The chart reads them from its files/ (Helm sees nothing outside the chart): the one copy.
+TEMPLATES = HERE.parent / "helm" / "chanfleet" / "files"
+REDIS_TEMPLATE = TEMPLATES / "redis.conf.tmpl"
+SENTINEL_TEMPLATE = TEMPLATES / "sentinel.conf.tmpl"
 
 # Characters a password may hold: printable, no whitespace, no quotes or backslash, because the
 # templates put passwords inside "..." and Redis's config parser gives those characters meaning.

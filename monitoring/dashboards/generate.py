@@ -32,7 +32,9 @@ from grafana_foundation_sdk.models.dashboard import (
 
 from monitoring.alerts_source import SELECTORS
 
-DASHBOARD_DIR = Path(__file__).resolve().parent
+# Written where the chart reads them (Helm sees nothing outside the chart): the one copy.
+DASHBOARD_DIR = (Path(__file__).resolve().parents[2] / "deploy" / "helm" / "chanfleet" / "files"
+                 / "dashboards")
 OVERVIEW = "chanfleet-overview.json"
 CHANNEL_LAYER = "chanfleet-channel-layer.json"
 

@@ -13,7 +13,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-DASHBOARD_DIR = Path(__file__).resolve().parent
+DASHBOARD_DIR = (Path(__file__).resolve().parents[2] / "deploy" / "helm" / "chanfleet" / "files"
+                 / "dashboards")
 
 # Values the Grafana variables take when an expression is sent to Prometheus directly.
 DEFAULT_VARIABLES = {

@@ -110,3 +110,16 @@ postgres-stop: ## Stop the PostgreSQL started by make postgres
 .PHONY: clean
 clean: stop postgres-stop ## Stop and remove all local state (var/)
 	rm -rf var build
+
+# Container images (deploy/image): docker when its engine answers, else podman; archives in build/images.
+.PHONY: image
+image: ## Build chanfleet:<appVersion> from the Dockerfile, smoke-test every role, save build/images/chanfleet-<appVersion>.tar
+	python3 -m deploy.image image
+
+.PHONY: image-base
+image-base: ## Make sure debian:bookworm-slim is stored: pulled, or made from Debian's packages when no registry answers
+	python3 -m deploy.image base
+
+.PHONY: test-images
+test-images: ## Build, check and save the test cluster's stand-in redis, nginx and postgres images (build/images)
+	python3 -m deploy.image test-images

@@ -1,0 +1,1 @@
+"""Container images: the chanfleet image (`make image`) and a test cluster's stand-ins."""

@@ -1,4 +1,4 @@
-"""The source of the alert rules (the chart's files/alerts.yaml), and the one place that names Prometheus jobs.
+"""The source of the alert rules (the chart's files/alerts.yaml); the one place naming jobs.
 
 Edit the alerts here, then regenerate the rule file from the repository root:
 

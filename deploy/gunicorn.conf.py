@@ -19,6 +19,9 @@ timeout = int(os.environ.get("WORKER_TIMEOUT", "30"))
 keepalive = 75
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+# gunicorn's control socket defaults to $HOME, which the image's user has none of (a read-only
+# /nonexistent): every start logged an error. Nothing here uses it.
+control_socket_disable = True
 
 
 def child_exit(server, worker):

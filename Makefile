@@ -108,7 +108,7 @@ postgres-stop: ## Stop the PostgreSQL started by make postgres
 	deploy/local/postgres.sh stop
 
 .PHONY: clean
-clean: stop postgres-stop ## Stop and remove all local state (var/)
+clean: stop postgres-stop cluster-down ## Stop and remove all local state (var/)
 	rm -rf var build
 
 # Container images (deploy/image): docker when its engine answers, else podman; archives in build/images.
@@ -123,3 +123,16 @@ image-base: ## Make sure debian:bookworm-slim is stored: pulled, or made from De
 .PHONY: test-images
 test-images: ## Build, check and save the test cluster's stand-in redis, nginx and postgres images (build/images)
 	python3 -m deploy.image test-images
+
+# The local single-node Kubernetes cluster (deploy/cluster): built from source, state in var/cluster.
+.PHONY: cluster-up
+cluster-up: ## Install, build and start a local Kubernetes cluster; prints KUBECONFIG, kubectl and helm (root)
+	python3 -m deploy.cluster up
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local Kubernetes cluster and remove everything it left (var/cluster)
+	python3 -m deploy.cluster down
+
+.PHONY: cluster-status
+cluster-status: ## Show the local Kubernetes cluster's processes and node
+	python3 -m deploy.cluster status

@@ -68,6 +68,10 @@ soak: venv ## A short Locust soak against make run's topology (USERS=100 ROOMS=1
 rehearse-failover: venv ## Kill the Redis master mid-soak; prints dropped sockets, loss, reconnect and RTT figures
 	$(PY) -m loadtest.run failover
 
+.PHONY: rehearse-deploy
+rehearse-deploy: venv system-deps ## The chart in the local cluster: smoke, Redis pod killed, rolling deploy, forged XFF (prints figures)
+	$(PY) -m pytest -s -q -p no:cacheprovider tests/test_deployed.py $(PYTEST_ARGS)
+
 .PHONY: rehearse-rollout
 rehearse-rollout: venv ## Drain and replace each WebSocket process mid-soak (the rolling deploy, locally)
 	$(PY) -m loadtest.run rollout

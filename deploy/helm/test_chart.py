@@ -1356,3 +1356,10 @@ def test_the_deployed_drills_values_lint_and_validate() -> None:
             kubernetes_validate.validate(obj, OLDEST_KUBERNETES, strict=True)
     nginx = find("Service", f"{FULLNAME}-nginx", values)
     assert nginx["spec"]["type"] == "NodePort" and nginx["spec"]["ports"][0]["nodePort"] == 30180
+
+
+def test_helm_test_pod_outlives_the_test_so_its_logs_can_be_read() -> None:
+    """`helm test --logs` (the README's command) needs the pod after it succeeded."""
+    pod = find("Pod", f"{FULLNAME}-test-websocket")
+    policy = pod["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+    assert "hook-succeeded" not in policy and "before-hook-creation" in policy

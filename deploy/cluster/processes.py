@@ -61,6 +61,12 @@ def start(name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
             env={**os.environ, **(env or {})},
             cwd=paths.STATE_DIR,
         )
+    # Popen returns when execve closes its error pipe, a moment before the new program's command
+    # line is in place; until then read_pid would take the new process for gone.
+    deadline = time.monotonic() + 2.0
+    while (_program(process.pid) != argv[0] and process.poll() is None
+           and time.monotonic() < deadline):
+        time.sleep(0.005)
     pid_file(name).write_text(f"{process.pid} {argv[0]}\n")
     return process.pid
 

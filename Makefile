@@ -89,7 +89,7 @@ dev: venv ## One uvicorn process, in-memory layer, SQLite: a quick look at http:
 	mkdir -p var
 	DEBUG=1 $(PY) manage.py migrate --noinput
 	DEBUG=1 $(PY) manage.py seed_demo
-	DEBUG=1 BIND=127.0.0.1 PORT=8000 $(PY) -m app.realtime.wsserver
+	DEBUG=1 BIND=127.0.0.1 PORT=8000 $(PY) -m app.realtime.server.uvicorn_server
 
 .PHONY: run
 run: venv system-deps ## Start the whole topology (Redis+Sentinel, 2 uvicorn WS, 2 gunicorn, nginx) on :8000

@@ -28,13 +28,13 @@ def django_db_setup(django_db_setup):
 @pytest.fixture
 def redis_layer(redis_url, settings):
     """Point the channel layer, the store (presence, rate limits) and the cache at real Redis."""
-    from app.realtime.store import reset_stores
+    from app.realtime.layer.store import reset_stores
 
     connection = {"address": redis_url, "max_connections": 500, "socket_timeout": 10}
     settings.REDIS_CONNECTION = connection
     settings.CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "app.realtime.layer.ResilientRedisChannelLayer",
+            "BACKEND": "app.realtime.layer.channel_layer.ResilientRedisChannelLayer",
             "CONFIG": {
                 "hosts": [connection],
                 "prefix": "test:asgi",

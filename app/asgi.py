@@ -1,7 +1,6 @@
 """ASGI entry point: HTTP to Django, WebSockets through origin and session checks to the routes."""
 
 import os
-import sys
 
 from django.core.asgi import get_asgi_application
 
@@ -12,16 +11,10 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from app.chat.routing import websocket_urlpatterns  # noqa: E402
-from app.realtime.handshake import WebSocketAuth  # noqa: E402
-from app.realtime.internal import InternalEndpoints  # noqa: E402
-from app.realtime.lifecycle import ProcessServices  # noqa: E402
-
-served_by_daphne = "daphne.server" in sys.modules
-if served_by_daphne:
-    # Served by daphne (WS_SERVER=daphne): its close codes and writes need help.
-    from app.realtime import daphne_compat
-
-    daphne_compat.install()
+from app.realtime.consumers.handshake import WebSocketAuth  # noqa: E402
+from app.realtime.ops.internal import InternalEndpoints  # noqa: E402
+from app.realtime.ops.lifecycle import ProcessServices  # noqa: E402
+from app.realtime.server import daphne_server  # noqa: E402
 
 application = ProcessServices(
     # Drain and status, on the loopback-only listener only (INTERNAL_PORT).
@@ -33,10 +26,5 @@ application = ProcessServices(
         })
     )
 )
-if served_by_daphne:
-    # daphne's own --proxy-headers believes any peer; uvicorn's middleware believes only
-    # FORWARDED_ALLOW_IPS, as the uvicorn and gunicorn servers do.
-    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
-
-    application = ProxyHeadersMiddleware(
-        application, trusted_hosts=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"))
+if daphne_server.served_by_daphne():
+    application = daphne_server.wrap(application)

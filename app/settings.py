@@ -60,7 +60,7 @@ INSTALLED_APPS = [
     "app.web",
 ]
 MIDDLEWARE = [
-    "app.realtime.middleware.MetricsMiddleware",
+    "app.realtime.ops.http_metrics.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -158,7 +158,7 @@ GROUP_EXPIRY = int(env("GROUP_EXPIRY", "120"))
 if REDIS_CONNECTION:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "app.realtime.layer.ResilientRedisChannelLayer",
+            "BACKEND": "app.realtime.layer.channel_layer.ResilientRedisChannelLayer",
             "CONFIG": {
                 "hosts": [REDIS_CONNECTION],
                 "prefix": f"{REDIS_PREFIX}:asgi",
@@ -176,7 +176,7 @@ else:
 if REDIS_SENTINELS:
     CACHES = {
         "default": {
-            "BACKEND": "app.realtime.cache.SharedClientRedisCache",
+            "BACKEND": "app.realtime.adapters.django_redis.SharedClientRedisCache",
             # One URL only: reads from a replica could return a session not replicated yet.
             "LOCATION": [f"redis://{REDIS_MASTER_NAME}/{REDIS_DB}?is_master=1"],
             "KEY_PREFIX": REDIS_PREFIX,
@@ -196,7 +196,7 @@ if REDIS_SENTINELS:
 elif REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "app.realtime.cache.SharedClientRedisCache",
+            "BACKEND": "app.realtime.adapters.django_redis.SharedClientRedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": REDIS_PREFIX,
             "OPTIONS": {"IGNORE_EXCEPTIONS": True},

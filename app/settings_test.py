@@ -11,7 +11,7 @@ from app.settings import *  # noqa: F403
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Heartbeats and presence on a test's time scale; tests that need them lower these further.
 WS_HEARTBEAT_INTERVAL = 3600
-PROCESS_ROLE = "test"  # no canary in unit tests; app/realtime/test_canary.py runs one
+PROCESS_ROLE = "test"  # no canary in unit tests
 # Tests send bursts; the limit tests lower these again.
 CHAT_MESSAGE_RATE = "1000/10"
 WS_CONNECT_RATE = "1000/60"

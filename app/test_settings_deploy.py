@@ -49,7 +49,7 @@ def test_production_settings_select_the_sentinel_layer_and_cache():
             "print(s.SESSION_ENGINE); print(s.SECURE_PROXY_SSL_HEADER)")
     result = manage("shell", "--no-imports", "-c", code)
     assert result.stdout.split("\n")[:5] == [
-        "app.realtime.layer.ResilientRedisChannelLayer",
+        "app.realtime.layer.channel_layer.ResilientRedisChannelLayer",
         "chanfleet",
         "django_redis.client.SentinelClient",
         "django.contrib.sessions.backends.cached_db",

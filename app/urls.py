@@ -1,6 +1,6 @@
 """HTTP routes: the JSON API, the operational endpoints and the admin.
 
-The internal endpoints (drain, status) are not here: app/realtime/internal.py serves them on the
+The internal endpoints (drain, status) are not here: app/realtime/ops/internal.py serves them on the
 loopback-only listener.
 """
 
@@ -8,7 +8,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from app.chat import views as api
-from app.realtime import views as ops
+from app.realtime.ops import views as ops
 
 urlpatterns = [
     path("healthz", ops.healthz, name="healthz"),

@@ -34,7 +34,7 @@ case "$role" in
     ;;
   ws)
     export CHANFLEET_ROLE=ws
-    # uvicorn (app/realtime/wsserver.py reads PORT, BIND, WS_PING_*, WS_MAX_SIZE, ...):
+    # uvicorn (app/realtime/server/uvicorn_server.py reads PORT, BIND, WS_PING_*, WS_MAX_SIZE, ...):
     # less than half daphne's CPU per delivered frame and twice its handshake rate
     # (docs/benchmarks.md). WS_SERVER=daphne runs daphne with the same timings instead.
     if [ "${WS_SERVER:-uvicorn}" = daphne ]; then
@@ -50,7 +50,7 @@ case "$role" in
         --application-close-timeout 10 \
         "$@" app.asgi:application
     fi
-    exec python -m app.realtime.wsserver "$@"  # refuses arguments: uvicorn reads the environment
+    exec python -m app.realtime.server.uvicorn_server "$@"  # refuses arguments: uvicorn reads the environment
     ;;
   migrate)
     export CHANFLEET_ROLE=migrate

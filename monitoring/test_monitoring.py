@@ -29,7 +29,7 @@ DASHBOARDS = ROOT / "deploy" / "helm" / "chanfleet" / "files" / "dashboards"
 ALERTS_TEST = MONITORING / "tests" / "alerts_test.yaml"
 RUNBOOK = ROOT / "docs" / "runbooks" / "alerts.md"
 METRICS_DOC = ROOT / "docs" / "metrics.md"
-METRICS_PY = ROOT / "app" / "realtime" / "metrics.py"
+METRICS_PY = ROOT / "app" / "realtime" / "ops" / "metrics.py"
 
 EXPECTED_DASHBOARDS = {
     "chanfleet-overview.json": "Chanfleet / Overview",
@@ -76,7 +76,7 @@ def github_anchor(heading: str) -> str:
 
 
 def defined_metrics() -> dict[str, str]:
-    """{metric name: type} of every metric constructed in app/realtime/metrics.py."""
+    """{metric name: type} of every metric constructed in app/realtime/ops/metrics.py."""
     found = {}
     for node in ast.walk(ast.parse(METRICS_PY.read_text())):
         if not isinstance(node, ast.Call) or not node.args:

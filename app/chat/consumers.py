@@ -11,10 +11,11 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from app.realtime import metrics
-from app.realtime.consumer import Close, RealtimeConsumer, field
-from app.realtime.errors import ProtocolError
-from app.realtime.ratelimit import Rate, allow
+from app.realtime.consumers.base import Close, RealtimeConsumer, field
+from app.realtime.consumers.delivery import QUEUE, RUN, WRITTEN
+from app.realtime.consumers.errors import ProtocolError
+from app.realtime.layer.ratelimit import Rate, allow
+from app.realtime.ops import metrics
 
 from . import presence, services
 from .models import Notification, UserStatus
@@ -316,43 +317,36 @@ class ChatConsumer(RealtimeConsumer):
                 return  # already delivered (history, replay, gap fill or a retried send)
             if seq > self.next_seq:
                 await self.fill_gap(seq - 1)
-            await self.send_text(event["text"], event["kind"])
+            await self.send_frame(event["text"], event["kind"])
             self.next_seq = seq + 1
 
-    def deliver_now(self, event) -> bool:
+    def take(self, message) -> int:
         """Write a room event or notice at once when it is the next thing this socket gets.
 
-        A room event out of sequence, or one arriving while a gap fill holds `delivery`,
-        is left to `dispatch` (room_event), which fills the gap first.
+        A room event out of sequence, or one arriving while a gap fill holds `delivery`, is
+        queued for `room_event`, which fills the gap first; one the server cannot write now
+        has `room_event` run by the layer's reader.
         """
-        kind = event["type"]
+        kind = message["type"]
         if kind == "room.event" and not self.busy:
-            seq = event["seq"]
+            seq = message["seq"]
             if seq > self.next_seq or self.delivery.locked():
-                return False
+                return QUEUE
             if seq == self.next_seq:
-                if not self.write_now(event["text"], event["kind"]):
-                    return False
+                if not self.write_frame(message["text"], message["kind"]):
+                    return RUN
                 self.next_seq = seq + 1
-            return True  # seq below next_seq: already delivered (history, replay, gap fill)
+            return WRITTEN  # seq below next_seq: already delivered (history, replay, gap fill)
         if kind == "room.notice" and not self.busy:
-            if event.get("skip_user") == self.user.pk:
-                return True
-            return self.write_now(event["text"], event["kind"])
-        return super().deliver_now(event)
-
-    def direct_ok(self, message) -> bool:
-        """Room events go direct only in sequence and while no gap fill holds `delivery`."""
-        if not super().direct_ok(message):
-            return False
-        if message["type"] != "room.event":
-            return True
-        return message["seq"] <= self.next_seq and not self.delivery.locked()
+            if message.get("skip_user") == self.user.pk:
+                return WRITTEN
+            return WRITTEN if self.write_frame(message["text"], message["kind"]) else RUN
+        return super().take(message)
 
     async def room_notice(self, event):
         """Deliver an ephemeral room frame to everyone but its author."""
         if event.get("skip_user") != self.user.pk:
-            await self.send_text(event["text"], event["kind"])
+            await self.send_frame(event["text"], event["kind"])
 
     async def fill_gap(self, upto: int) -> None:
         """Send stored events the channel layer did not bring (lost in a failover).

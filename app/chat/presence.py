@@ -9,7 +9,7 @@ A connection keeps three entries alive (refreshed by the process heartbeat):
 from django.conf import settings
 from django.contrib.auth import get_user_model
 
-from app.realtime.store import get_store
+from app.realtime.layer.store import get_store
 
 from .models import UserStatus
 

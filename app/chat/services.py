@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from app.realtime.errors import ProtocolError
+from app.realtime.consumers.errors import ProtocolError
 
 from .models import ChatRoom, Message, MessageReaction, RoomBan, RoomEvent, UserStatus
 

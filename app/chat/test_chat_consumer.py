@@ -7,7 +7,7 @@ from channels.db import database_sync_to_async
 
 from app.chat import services
 from app.chat.models import ChatRoom, Message, MessageReaction, RoomBan, RoomEvent
-from app.realtime.registry import registry
+from app.realtime.consumers.registry import registry
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -255,7 +255,7 @@ async def test_ping_gets_pong_with_client_id(ws, make_user):
 
 async def test_heartbeat_is_sent_and_its_answer_is_timed(ws, make_user):
     """The process heartbeat sends `heartbeat`; answering with `pong` records a round trip."""
-    from app.realtime import metrics
+    from app.realtime.ops import metrics
 
     client = await join(ws, await make_user())
     await registry.beat()
@@ -413,7 +413,7 @@ async def test_a_broadcast_that_fails_is_reported_stored_and_filled_on_the_heart
     """A group send that gives up: the sender hears `broadcast_failed`, the others the heartbeat."""
     from channels.layers import get_channel_layer
 
-    from app.realtime.layer import LayerUnavailable
+    from app.realtime.layer.channel_layer import LayerUnavailable
 
     a, b = await pair(ws, make_user)
     layer = get_channel_layer()
@@ -514,7 +514,7 @@ async def test_disallowed_origin_is_refused_at_the_handshake(ws, make_user):
 
 async def test_channel_layer_down_closes_the_handshake_with_4503(ws, make_user, settings):
     """When Redis cannot be reached, a handshake is refused with the retryable 4503."""
-    from app.realtime.store import reset_stores
+    from app.realtime.layer.store import reset_stores
 
     user = await make_user()
     dead = {"address": "redis://127.0.0.1:1/0", "socket_connect_timeout": 0.2}

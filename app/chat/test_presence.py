@@ -7,7 +7,7 @@ import pytest
 from app.chat import presence
 from app.chat.models import ChatRoom
 from app.chat.test_chat_consumer import join
-from app.realtime.registry import registry
+from app.realtime.consumers.registry import registry
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 

@@ -2,7 +2,8 @@
 
 The other consumer tests use channels' communicator, where channels' own receive loop runs;
 here the server's event queue doubles as the consumer's channel inbox (one task per socket)
-and room events are written synchronously by the layer's reader (deliver_now/write_text).
+and room events are written synchronously by the layer's reader
+(app/realtime/consumers/delivery.py).
 """
 
 import asyncio
@@ -16,7 +17,7 @@ from websockets.asyncio.client import connect
 
 from app.asgi import application
 from app.chat.conftest import session_for
-from app.realtime.test_wsserver import serve
+from app.realtime.adapters.test_uvicorn import serve
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -72,7 +73,7 @@ async def test_one_task_per_socket_reads_frames_and_room_events_in_order(redis_l
 async def test_a_message_on_its_way_when_the_drain_begins_is_stored_and_broadcast(
         redis_layer, make_user, caplog):
     """The close waits DRAIN_CLOSE_GRACE after `reconnect`: a frame already sent is handled."""
-    from app.realtime.registry import registry
+    from app.realtime.consumers.registry import registry
 
     alice, bob = await make_user("alice"), await make_user("bob")
     async with chanfleet_server() as (server, url):
@@ -102,7 +103,7 @@ async def test_a_room_event_that_races_the_close_is_dropped_and_the_disconnect_s
         redis_layer, make_user, caplog):
     """An event dispatched after our close is not sent (uvicorn would raise and end the task)."""
     from app.chat import presence
-    from app.realtime.registry import registry
+    from app.realtime.consumers.registry import registry
 
     alice = await make_user("alice")
     async with chanfleet_server() as (server, url):

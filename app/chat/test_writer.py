@@ -11,8 +11,8 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from app.chat import services
 from app.chat.models import ChatRoom, Message, RoomEvent
 from app.chat.writer import Writer
-from app.realtime import metrics
-from app.realtime.errors import ProtocolError
+from app.realtime.consumers.errors import ProtocolError
+from app.realtime.ops import metrics
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 

@@ -13,7 +13,7 @@ from django.utils.crypto import constant_time_compare
 from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from app.realtime.errors import ProtocolError, nul_field
+from app.realtime.consumers.errors import ProtocolError, nul_field
 
 from . import services
 from .models import ChatRoom, Notification

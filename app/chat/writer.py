@@ -19,7 +19,7 @@ import weakref
 from channels.db import database_sync_to_async
 from django.db import transaction
 
-from app.realtime import metrics
+from app.realtime.ops import metrics
 
 
 def write_batch(changes: list[tuple]) -> list[tuple[bool, object]]:

@@ -1,0 +1,177 @@
+"""uvicorn's protocol as chanfleet subclasses it (FanoutWebSocketProtocol), over real sockets."""
+
+import asyncio
+import contextlib
+import socket
+
+import uvicorn
+from websockets.asyncio.client import connect
+from websockets.http11 import Request
+
+from app.realtime.adapters.uvicorn import FanoutWebSocketProtocol, Flag
+from app.realtime.consumers.delivery import DIRECT_SOCKET, take_direct_socket
+
+
+async def echo_app(scope, receive, send):
+    """A tiny ASGI app: refuse /refuse before accepting, close /restart with 1012, echo others."""
+    if scope["type"] != "websocket":
+        return
+    await receive()  # websocket.connect
+    if scope["path"] == "/refuse":
+        await send({"type": "websocket.close", "code": 1000})
+        return
+    await send({"type": "websocket.accept"})
+    if scope["path"] == "/restart":
+        await send({"type": "websocket.close", "code": 1012})
+        return
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        await send({"type": "websocket.send", "text": "echo:" + message["text"]})
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def serve(app=None, **options):
+    """Run an ASGI app (echo_app by default) under uvicorn with our protocol on a free port.
+
+    `options` are uvicorn.Config's (ws_max_size, ws_per_message_deflate, ...).
+    """
+    port = free_port()
+    options = {"ws_per_message_deflate": False, **options}
+    server = uvicorn.Server(uvicorn.Config(
+        app or echo_app, host="127.0.0.1", port=port, ws=FanoutWebSocketProtocol,
+        lifespan="off", log_level="warning", **options))
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 (uvicorn offers a flag, not an event)
+        await asyncio.sleep(0.01)
+    try:
+        yield server, f"ws://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+def only_connection(server) -> FanoutWebSocketProtocol:
+    (protocol,) = server.server_state.connections
+    return protocol
+
+
+async def fanout_app(scope, receive, send):
+    """Accept, then idle until the client leaves: the test writes to it through write_text."""
+    if scope["type"] != "websocket":
+        return
+    await receive()
+    await send({"type": "websocket.accept"})
+    while (await receive())["type"] != "websocket.disconnect":
+        pass
+
+
+async def test_frames_flow_both_ways_and_the_handshake_is_forgotten():
+    """After the 101, neither uvicorn nor websockets' parser holds the upgrade request."""
+    async with serve() as (server, url):
+        async with connect(url + "/room", compression=None) as client:
+            await client.send("one")
+            assert await client.recv() == "echo:one"
+            protocol = only_connection(server)
+            assert protocol.request is None and protocol.response is None
+            parser_locals = protocol.conn.parser.gi_frame.f_locals.values()
+            assert not any(isinstance(value, Request) for value in parser_locals)
+            await client.send("two")
+            assert await client.recv() == "echo:two"
+
+
+async def test_flag_waits_until_set_and_passes_while_set():
+    """Flag behaves as asyncio.Event does for set/clear/wait."""
+    flag = Flag()
+    waiter = asyncio.create_task(flag.wait())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    flag.set()
+    assert await asyncio.wait_for(waiter, 1) is True
+    assert await flag.wait() is True
+    flag.clear()
+    assert not flag.is_set()
+
+
+async def test_write_text_frames_a_broadcast_once_for_every_member():
+    """One str written to several sockets is framed once; each client reads the same text."""
+    async with serve(fanout_app) as (server, url):
+        async with connect(url, compression=None) as a, connect(url, compression=None) as b:
+            await asyncio.sleep(0.05)
+            protocols = list(server.server_state.connections)
+            text = "".join(["héllo ", "wörld"])  # built at run time: a fresh str object
+            assert all(protocol.write_text(text) for protocol in protocols)
+            assert FanoutWebSocketProtocol._last_frame[0] is text
+            assert [await a.recv(), await b.recv()] == [text, text]
+            assert all(protocol.write_text("next") for protocol in protocols)
+            assert [await a.recv(), await b.recv()] == ["next", "next"]
+
+
+async def test_write_text_leaves_compressed_and_closing_sockets_to_send():
+    """With permessage-deflate, or once closing, write_text declines and writes nothing."""
+    async with serve(fanout_app, ws_per_message_deflate=True) as (server, url):
+        async with connect(url, compression="deflate") as client:
+            await asyncio.sleep(0.05)
+            assert only_connection(server).write_text("x") is False
+        async with connect(url, compression=None) as client:
+            await asyncio.sleep(0.05)
+            protocol = only_connection(server)
+            protocol.close_sent = True
+            assert protocol.write_text("x") is False
+            protocol.close_sent = False
+            protocol.writable.clear()  # paused: the client reads too slowly
+            assert protocol.write_text("x") is False
+            protocol.writable.set()
+            assert protocol.write_text("y") is True
+            assert await client.recv() == "y"
+
+
+async def test_reading_resumes_when_only_channel_messages_are_queued():
+    """A client frame pauses reading; queued channel messages do not keep it paused."""
+    async with serve(fanout_app) as (server, url):
+        async with connect(url, compression=None):
+            await asyncio.sleep(0.05)
+            protocol = only_connection(server)
+            for message in ({"type": "websocket.receive", "text": "a"},
+                            {"type": "websocket.receive", "text": "b"},
+                            {"type": "room.event", "text": "x"}):
+                protocol.queue.put(message)
+            protocol.read_paused = True
+            protocol.transport.pause_reading()
+            assert (await protocol.receive())["text"] == "a"
+            assert protocol.read_paused  # "b" still waits: the client's frames stay bounded
+            assert (await protocol.receive())["text"] == "b"
+            # uvicorn would stay paused until the room event is read too.
+            assert not protocol.read_paused and protocol.transport.is_reading()
+            assert (await protocol.receive())["type"] == "room.event"
+
+
+async def test_the_application_finds_the_direct_socket_in_its_scope():
+    """The protocol hands itself over as the scope's DirectSocket, once."""
+    seen = []
+
+    async def app(scope, receive, send):
+        if scope["type"] != "websocket":
+            return
+        seen.append(take_direct_socket(scope))
+        seen.append(DIRECT_SOCKET in scope["extensions"])
+        await receive()
+        await send({"type": "websocket.accept"})
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+
+    async with serve(app) as (server, url):
+        async with connect(url, compression=None) as client:
+            await asyncio.sleep(0.05)
+            protocol = only_connection(server)
+            assert seen == [protocol, False]  # taken out: the scope no longer refers to it
+            assert protocol.inbox is protocol.queue
+            assert protocol.write_text("direct") is True
+            assert await client.recv() == "direct"

@@ -1,0 +1,72 @@
+"""The process heartbeat: every socket once per interval, in small portions, never all at once."""
+
+import asyncio
+import time
+
+from app.realtime.consumers.registry import WHEEL_SLOTS, Registry
+
+
+class Beaten:
+    """A stand-in consumer that records the heartbeat portions its class is given."""
+
+    portions: list[list["Beaten"]] = []
+
+    def __init__(self, n):
+        self.channel_name = f"test.beaten!{n}"
+        self.heartbeat_slot = None
+
+    @classmethod
+    async def heartbeat_many(cls, consumers):
+        cls.portions.append(list(consumers))
+
+    def presence_entries(self):
+        return []
+
+
+def test_sockets_are_dealt_round_robin_over_the_wheel_and_leave_their_slot():
+    """Sockets opened together fill every slot evenly; a closed socket leaves its slot."""
+    registry = Registry()
+    registry.ensure_heartbeat = lambda: None  # no loop here; the wheel alone is tested
+    consumers = [Beaten(n) for n in range(2 * WHEEL_SLOTS)]
+    for consumer in consumers:
+        registry.add(consumer)
+    registry.add(consumers[0])  # added twice: still once in the wheel
+    assert [len(slot) for slot in registry.wheel] == [2] * WHEEL_SLOTS
+    registry.discard(consumers[0])
+    assert consumers[0] not in registry.wheel[consumers[0].heartbeat_slot]
+    assert sum(len(slot) for slot in registry.wheel) == 2 * WHEEL_SLOTS - 1
+
+
+async def test_a_turn_of_the_wheel_beats_every_socket_a_slot_at_a_time(settings):
+    """Within about one interval each socket is beaten, and no portion holds more than a slot."""
+    settings.WS_HEARTBEAT_INTERVAL = 0.5
+    Beaten.portions = []
+    registry = Registry()
+    consumers = [Beaten(n) for n in range(3 * WHEEL_SLOTS)]
+    started = time.monotonic()
+    for consumer in consumers:
+        registry.add(consumer)
+    try:
+        for _ in range(500):
+            beaten = {c for portion in Beaten.portions for c in portion}
+            if len(beaten) == len(consumers):
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        registry._ticker.cancel()
+    assert beaten == set(consumers)
+    assert max(len(portion) for portion in Beaten.portions) == 3
+    # The last slot comes (WHEEL_SLOTS - 1) ticks after the first: spread over the interval.
+    assert time.monotonic() - started > settings.WS_HEARTBEAT_INTERVAL / 2
+
+
+async def test_beat_without_a_slot_beats_everyone_at_once():
+    """`beat()` is one round of every socket (tests and tools use it to force a heartbeat)."""
+    Beaten.portions = []
+    registry = Registry()
+    registry.ensure_heartbeat = lambda: None
+    consumers = [Beaten(n) for n in range(5)]
+    for consumer in consumers:
+        registry.add(consumer)
+    await registry.beat()
+    assert [set(p) for p in Beaten.portions] == [set(consumers)]

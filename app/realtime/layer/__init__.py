@@ -1,0 +1,1 @@
+"""Everything kept in Redis: the channel layer, its retries, the shared store and rate limits."""

@@ -1,0 +1,192 @@
+"""Shared counters and presence kept in the same Sentinel-managed Redis as the channel layer.
+
+`get_store()` returns a Redis-backed store when Redis is configured and an in-process one
+otherwise (for `make dev` and unit tests), so callers never branch on the deployment.
+"""
+
+import asyncio
+import functools
+import time
+
+from django.conf import settings
+from redis import asyncio as aioredis
+
+from app.realtime.layer.retrying import no_retry, retry_transient, sentinel_kwargs
+
+
+def connect_redis(connection: dict) -> aioredis.Redis:
+    """Build an asyncio Redis client from a channels_redis-style host dict.
+
+    The client never retries on its own: RedisStore's methods ride out a failover themselves.
+    """
+    options = dict(connection)
+    common = {
+        "max_connections": options.get("max_connections", 1000),
+        "retry": no_retry(),
+        "health_check_interval": 10,
+        "socket_keepalive": True,
+        "socket_timeout": 5.0,
+        "socket_connect_timeout": 2.0,
+    }
+    if "address" in options:
+        return aioredis.Redis.from_url(options["address"], **common)
+    sentinel = aioredis.Sentinel(
+        options["sentinels"],
+        sentinel_kwargs=sentinel_kwargs(options.get("sentinel_kwargs")),
+    )
+    return sentinel.master_for(
+        options["master_name"],
+        password=options.get("password"),
+        db=options.get("db", 0),
+        **common,
+    )
+
+
+def riding_failover(method):
+    """Run a store method again on a transient Redis error, up to the store's retry_seconds.
+
+    The whole method runs again, so a pipeline is built afresh on the new master.
+    """
+    @functools.wraps(method)
+    async def run(self, *args):
+        return await retry_transient(method, self, *args, seconds=self.retry_seconds)
+    return run
+
+
+class RedisStore:
+    """Rate-limit counters and presence sorted sets in Redis, shared by every process."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str, retry_seconds: float):
+        self.client = client
+        self.prefix = prefix
+        # settings.REDIS_RETRY_SECONDS, as long as the channel layer retries a group send: a
+        # failover (2-3 s with down-after 1000 ms) is ridden out; past that, callers answer
+        # `unavailable`.
+        self.retry_seconds = retry_seconds
+
+    def key(self, *parts: object) -> str:
+        """Build a namespaced key."""
+        return ":".join([self.prefix, *map(str, parts)])
+
+    @riding_failover
+    async def hit(self, key: str, window: float) -> int:
+        """Count one event in a fixed window and return the count so far in that window."""
+        bucket = int(time.time() // window)
+        # One script instead of MULTI/INCR/EXPIRE/EXEC: the same atomic count, but one
+        # command to pack and one reply to parse on every chat message's path (the
+        # transaction's four cost this call more CPU than a group send).
+        count = await self.client.eval(HIT_LUA, 1, self.key("rl", key, bucket), int(window) + 1)
+        return int(count)
+
+    @riding_failover
+    async def presence_touch(self, scope: str, member: str, ttl: float) -> None:
+        """Mark a member present in a scope until now + ttl."""
+        key = self.key("presence", scope)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(key, {member: time.time() + ttl})
+        pipe.expire(key, int(ttl) + 5)
+        await pipe.execute()
+
+    @riding_failover
+    async def presence_touch_many(self, entries: list[tuple[str, str]], ttl: float) -> None:
+        """Refresh several (scope, member) entries in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        deadline = time.time() + ttl
+        for scope, member in entries:
+            key = self.key("presence", scope)
+            pipe.zadd(key, {member: deadline})
+            pipe.expire(key, int(ttl) + 5)
+        await pipe.execute()
+
+    @riding_failover
+    async def presence_remove(self, scope: str, member: str) -> None:
+        """Remove a member from a scope at once (clean disconnect)."""
+        await self.client.zrem(self.key("presence", scope), member)
+
+    @riding_failover
+    async def presence_members(self, scope: str) -> list[str]:
+        """List members whose entries have not expired, dropping the expired ones."""
+        key = self.key("presence", scope)
+        now = time.time()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zremrangebyscore(key, "-inf", now)
+        pipe.zrangebyscore(key, now, "+inf")
+        _, members = await pipe.execute()
+        return [m.decode() if isinstance(m, bytes) else m for m in members]
+
+    async def ping(self) -> bool:
+        """Check Redis answers."""
+        return bool(await self.client.ping())
+
+
+HIT_LUA = """
+local count = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return count
+"""
+
+
+class MemoryStore:
+    """The same interface kept in this process, for `make dev` and unit tests only."""
+
+    def __init__(self):
+        self.counters: dict[str, int] = {}
+        self.presence: dict[str, dict[str, float]] = {}
+
+    async def hit(self, key: str, window: float) -> int:
+        """Count one event in a fixed window and return the count so far in that window."""
+        full = f"{key}:{int(time.time() // window)}"
+        self.counters[full] = self.counters.get(full, 0) + 1
+        return self.counters[full]
+
+    async def presence_touch(self, scope: str, member: str, ttl: float) -> None:
+        """Mark a member present in a scope until now + ttl."""
+        self.presence.setdefault(scope, {})[member] = time.time() + ttl
+
+    async def presence_touch_many(self, entries: list[tuple[str, str]], ttl: float) -> None:
+        """Refresh several (scope, member) entries."""
+        for scope, member in entries:
+            await self.presence_touch(scope, member, ttl)
+
+    async def presence_remove(self, scope: str, member: str) -> None:
+        """Remove a member from a scope at once."""
+        self.presence.get(scope, {}).pop(member, None)
+
+    async def presence_members(self, scope: str) -> list[str]:
+        """List members whose entries have not expired."""
+        now = time.time()
+        entries = self.presence.get(scope, {})
+        for member in [m for m, until in entries.items() if until <= now]:
+            del entries[member]
+        return list(entries)
+
+    async def ping(self) -> bool:
+        """Always reachable."""
+        return True
+
+
+_stores: dict[asyncio.AbstractEventLoop | None, object] = {}
+
+
+def get_store():
+    """Return this event loop's store (Redis clients are bound to the loop that made them)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    store = _stores.get(loop)
+    if store is None:
+        if settings.REDIS_CONNECTION:
+            store = RedisStore(connect_redis(settings.REDIS_CONNECTION), settings.REDIS_PREFIX,
+                               settings.REDIS_RETRY_SECONDS)
+        else:
+            store = _stores.setdefault("memory", MemoryStore())
+        for old in [k for k in _stores if k not in (None, "memory") and k.is_closed()]:
+            del _stores[old]
+        _stores[loop] = store
+    return store
+
+
+def reset_stores() -> None:
+    """Forget every store (tests switch Redis servers between cases)."""
+    _stores.clear()

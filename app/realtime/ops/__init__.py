@@ -1,0 +1,1 @@
+"""Operations: health, readiness, metrics, drain and status endpoints, canary, process services."""

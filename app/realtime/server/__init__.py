@@ -1,0 +1,1 @@
+"""The WebSocket process: uvicorn set up for fan-out (the `ws` role), and daphne's extras."""

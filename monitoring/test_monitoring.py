@@ -19,8 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # pytest puts monitoring/ on sys.path, the imports need the root
     sys.path.insert(0, str(ROOT))
 
-from monitoring import alerts_source, live  # noqa: E402
+from monitoring import alerts_source  # noqa: E402
 from monitoring.dashboards import generate, queries  # noqa: E402
+from tests.support import prometheus as live  # noqa: E402
 
 MONITORING = ROOT / "monitoring"
 PROMETHEUS_YML = MONITORING / "prometheus.yml"

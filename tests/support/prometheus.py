@@ -1,4 +1,4 @@
-"""Helpers for testing the monitoring against a running Prometheus (the live topology test).
+"""A real Prometheus for the monitoring tests: start it, wait for targets, query it.
 
 Typical use in a live test (the topology already running, see monitoring/README.md):
 

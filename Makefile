@@ -44,7 +44,7 @@ test: venv system-deps ## Lint and run every test but the whole-topology ones (S
 	$(PY) -m pytest -q -m "not topology" $(PYTEST_ARGS)
 
 .PHONY: test-integration
-test-integration: venv system-deps ## The whole-topology tests: drills, browser, live Prometheus, load smoke
+test-integration: venv system-deps ## The whole-topology tests: drills, browser, live Prometheus, load smoke, image, cluster, deployed drills
 	$(PY) -m pytest -q -m topology $(PYTEST_ARGS)
 
 .PHONY: test-sqlite
@@ -76,13 +76,13 @@ rehearse-deploy: venv system-deps ## The chart in the local cluster: smoke, Redi
 rehearse-rollout: venv ## Drain and replace each WebSocket process mid-soak (the rolling deploy, locally)
 	$(PY) -m loadtest.run rollout
 
-# The fan-out benchmark: room sizes and py-spy seconds at saturation (0 = no profile).
+# The fan-out benchmark: room sizes; DIAGNOSE=1 adds /proc counters and py-spy (not in the document).
 SIZES ?= 100,1000,5000
-PROFILE ?= 15
+DIAGNOSE ?=
 
 .PHONY: bench
-bench: venv system-deps ## Fan-out benchmark, ours vs stock vs no-Django ceiling; writes docs/benchmarks.md (SIZES=, PROFILE=)
-	$(PY) -m loadtest.bench --sizes $(SIZES) --profile $(PROFILE) --out docs/benchmarks.md
+bench: venv system-deps ## Fan-out benchmark, ours vs stock vs no-Django ceiling; writes docs/benchmarks.md (SIZES=, DIAGNOSE=1)
+	$(PY) -m loadtest.bench --sizes $(SIZES) $(if $(DIAGNOSE),--diagnose) --out docs/benchmarks.md
 
 .PHONY: dev
 dev: venv ## One uvicorn process, in-memory layer, SQLite: a quick look at http://127.0.0.1:8000/

@@ -6,9 +6,7 @@ protocol with a callback per message, no task per socket; it offers permessage-d
 browsers do). A sender puts `bench|<phase>|<counter>|<send time>` in the message text; every
 receiver finds that marker in the raw frame (no JSON decoding on the hot path) and records the
 broadcast round-trip time (receive time minus send time: all processes read the same clock),
-per phase, the earliest delivery of each message (merged over the workers: the server's part
-of a broadcast, before its fan-out), plus receive counts in 100 ms buckets for throughput
-windows.
+per phase, plus receive counts in 100 ms buckets for throughput windows.
 """
 
 from __future__ import annotations
@@ -62,11 +60,8 @@ class _Conn:
 @dataclass
 class _Stats:
     latencies: dict[str, array] = field(default_factory=dict)  # phase -> ms (float32)
-    # phase -> {message key: ms} of the earliest member of this worker to receive it
-    firsts: dict[str, dict[int, float]] = field(default_factory=dict)
     buckets: collections.Counter = field(default_factory=collections.Counter)
     duplicates: int = 0
-    other_frames: int = 0
 
 
 def _alive(conn: _Conn) -> bool:
@@ -82,7 +77,6 @@ class Worker:
         self.conns: dict[int, _Conn] = {}
         self.stats = _Stats()
         self.ready_marker: str | None = None
-        self.ready_count = 0
         self.closing = False
         self.closed: collections.Counter = collections.Counter()
         self.counters: collections.Counter = collections.Counter()
@@ -188,15 +182,12 @@ class Worker:
         """The callback that reads `conn`'s messages, called by its protocol for each one."""
         stats = self.stats
         latencies = stats.latencies
-        firsts = stats.firsts
         buckets = stats.buckets
-        room_key = conn.spec.room << 32
         now = time.time
         marker = self.ready_marker
 
         def receive(ws: Client, text) -> None:
             if not isinstance(text, str):
-                stats.other_frames += 1
                 return
             i = text.find(MARK)
             if i >= 0:
@@ -211,23 +202,13 @@ class Worker:
                 values = latencies.get(phase)
                 if values is None:
                     values = latencies[phase] = array("f")
-                latency = (received - float(sent)) * 1000.0
-                values.append(latency)
-                earliest = firsts.get(phase)
-                if earliest is None:
-                    earliest = firsts[phase] = {}
-                key = room_key | counter
-                # merge_firsts for one pair, inline: this runs once per delivery.
-                if latency < earliest.get(key, latency + 1.0):
-                    earliest[key] = latency
+                values.append((received - float(sent)) * 1000.0)
                 buckets[int(received * BUCKET)] += 1
             elif marker is not None and not conn.ready and marker in text:
                 conn.ready = True
             elif '"heartbeat"' in text:
                 frame = json.loads(text)
                 ws.send_text(json.dumps({"type": "pong", "ts": frame.get("ts")}))
-            else:
-                stats.other_frames += 1
 
         return receive
 
@@ -237,11 +218,11 @@ class Worker:
             self.closed[str(code)] += 1
 
     # ------------------------------------------------------------------ sending
-    async def cmd_phase(self, phase: str, rate: float, start_at: float, duration: float,
-                        arrivals: str) -> dict:
+    async def cmd_phase(self, phase: str, rate: float, start_at: float,
+                        duration: float) -> dict:
         """Senders of this worker send `rate` messages/s each from start_at for duration."""
         senders = self._senders()
-        results = await asyncio.gather(*(self._send(c, phase, rate, start_at, duration, arrivals)
+        results = await asyncio.gather(*(self._send(c, phase, rate, start_at, duration)
                                          for c in senders))
         return {
             "sent": sum(r[0] for r in results),
@@ -272,11 +253,11 @@ class Worker:
         return chosen
 
     async def _send(self, conn: _Conn, phase: str, rate: float, start_at: float,
-                    duration: float, arrivals: str) -> tuple[int, float]:
+                    duration: float) -> tuple[int, float]:
         sent = 0
         max_lag = 0.0
         room = conn.spec.room
-        for at in send_times(rate, duration, arrivals):
+        for at in send_times(rate, duration):
             target = start_at + at
             delay = target - time.time()
             if delay > 0:
@@ -300,11 +281,8 @@ class Worker:
         stats = self.stats
         result = {
             "latencies": {k: v.tobytes() for k, v in stats.latencies.items()},
-            "firsts": {k: (array("q", v.keys()).tobytes(), array("f", v.values()).tobytes())
-                       for k, v in stats.firsts.items()},
             "buckets": dict(stats.buckets),
             "duplicates": stats.duplicates,
-            "other_frames": stats.other_frames,
             "closed": dict(self.closed),
             "open": self._open_count(),
         }
@@ -312,10 +290,8 @@ class Worker:
             # In place: every reader holds references to these containers.
             self.last_bucket = max(stats.buckets, default=self.last_bucket)
             stats.latencies.clear()
-            stats.firsts.clear()
             stats.buckets.clear()
             stats.duplicates = 0
-            stats.other_frames = 0
         return result
 
     async def cmd_last_receive(self) -> dict:
@@ -345,7 +321,6 @@ class Worker:
             except TimeoutError:
                 for conn in conns:
                     conn.ws.abort()
-        self.ready_count = 0
 
 
 def _error_name(error: BaseException) -> str:
@@ -355,41 +330,12 @@ def _error_name(error: BaseException) -> str:
     return type(error).__name__
 
 
-ARRIVALS = ("poisson", "staggered")  # the arrival models of send_times
-
-
-def merge_firsts(into: dict[int, float], pairs) -> dict[int, float]:
-    """Keep the earliest delivery per message: the workers' (message key, ms) pairs into `into`.
-
-    Each worker sees only its share of a room's members; a message's first delivery is the
-    earliest over all of them, so the server's part of a broadcast (before any member has it)
-    can be told from the fan-out's.
-    """
-    for key, latency in pairs:
-        if latency < into.get(key, latency + 1.0):
-            into[key] = latency
-    return into
-
-
-def send_times(rate: float, duration: float, arrivals: str) -> list[float]:
-    """When a sender sends in a phase: seconds after its start, rate x duration of them.
-
-    "poisson": as independent users do, each message at a random moment of the phase (sorted
-    uniform draws: a Poisson process given its count), so rooms' messages meet by chance, about
-    as often in every run. "staggered": evenly spaced, each room at a random phase of the
-    interval (the benchmark before the eighth round). Its phases stay put for the whole phase,
-    so a run whose draw put two rooms' senders a millisecond apart saw them collide on every
-    message, and one whose draw spread them saw none: ours' p50 at rooms of 100 came out 5.5 or
-    11 ms from run to run on that draw alone (docs/benchmarks.md).
-    """
+def send_times(rate: float, duration: float) -> list[float]:
+    """When a sender sends in a phase: rate x duration moments drawn at random, in order."""
+    # A Poisson process given its count, as independent users send: rooms' messages coincide
+    # about as often in every run (evenly spaced senders made that a draw per run).
     count = max(1, int(round(rate * duration)))
-    if arrivals == "poisson":
-        return sorted(random.uniform(0, duration) for _ in range(count))
-    if arrivals != "staggered":
-        raise ValueError(f"unknown arrivals {arrivals!r}")
-    interval = 1.0 / rate
-    offset = random.uniform(0, interval)
-    return [offset + k * interval for k in range(count)]
+    return sorted(random.uniform(0, duration) for _ in range(count))
 
 
 def _worker_main(pipe) -> None:
@@ -400,8 +346,7 @@ def _worker_main(pipe) -> None:
 class Generator:
     """The orchestrator's handle on the worker processes (synchronous calls over pipes)."""
 
-    def __init__(self, workers: int, arrivals: str):
-        self.arrivals = arrivals  # see send_times
+    def __init__(self, workers: int):
         context = multiprocessing.get_context("spawn")
         self.pipes = []
         self.procs = []
@@ -482,8 +427,7 @@ class Generator:
         """Run one sending phase on every worker's senders; returns totals and the window."""
         start_at = time.time() + lead
         answers = self.broadcast({"cmd": "phase", "phase": phase, "rate": rate,
-                                  "start_at": start_at, "duration": duration,
-                                  "arrivals": self.arrivals}, duration + 60)
+                                  "start_at": start_at, "duration": duration}, duration + 60)
         return {"sent": sum(a["sent"] for a in answers),
                 "max_lag": max(a["max_lag"] for a in answers),
                 "senders": sum(a["senders"] for a in answers),
@@ -494,26 +438,18 @@ class Generator:
         """Merged statistics of every worker."""
         answers = self.broadcast({"cmd": "stats", "reset": reset}, 60)
         latencies: dict[str, array] = {}
-        firsts: dict[str, dict[int, float]] = {}
         buckets: collections.Counter = collections.Counter()
         closed: collections.Counter = collections.Counter()
         for answer in answers:
             for phase, raw in answer["latencies"].items():
                 values = latencies.setdefault(phase, array("f"))
                 values.frombytes(raw)
-            for phase, (raw_keys, raw_values) in answer["firsts"].items():
-                keys, values = array("q"), array("f")
-                keys.frombytes(raw_keys)
-                values.frombytes(raw_values)
-                merge_firsts(firsts.setdefault(phase, {}), zip(keys, values, strict=True))
             buckets.update(answer["buckets"])
             closed.update(answer["closed"])
         return {
             "latencies": latencies,
-            "firsts": firsts,
             "buckets": buckets,
             "duplicates": sum(a["duplicates"] for a in answers),
-            "other_frames": sum(a["other_frames"] for a in answers),
             "closed": dict(closed),
             "open": sum(a["open"] for a in answers),
         }

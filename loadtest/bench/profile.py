@@ -1,4 +1,4 @@
-"""Sample running WebSocket processes with py-spy and summarise where their time goes.
+"""py-spy for `--diagnose`: sample running WebSocket processes, summarise where time goes.
 
 `record(pids, seconds, out)` starts one `py-spy record --format raw` per process (collapsed
 stacks, which speedscope and flamegraph tools import); `finish()` waits for them and returns
@@ -107,22 +107,3 @@ def summarise(stacks: collections.Counter, top: int = 25) -> dict:
         "inclusive": [(name, round(100 * n / total, 1))
                       for name, n in inclusive.most_common(top)],
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Summarise existing raw profiles: python -m loadtest.bench.profile FILE..."""
-    paths = [Path(p) for p in (argv if argv is not None else sys.argv[1:])]
-    stacks: collections.Counter = collections.Counter()
-    for path in paths:
-        stacks.update(read_collapsed(path))
-    summary = summarise(stacks, top=40)
-    print(f"{summary['samples']} samples")
-    for title in ("self", "inclusive"):
-        print(f"\n{title}:")
-        for name, share in summary[title]:
-            print(f"  {share:5.1f}%  {name}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

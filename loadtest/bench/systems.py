@@ -103,38 +103,20 @@ def total_cpu_seconds(pids: list[int]) -> float:
     return sum(cpu_seconds(pid) for pid in pids)
 
 
-def context_switches(pid: int, proc: Path = Path("/proc")) -> tuple[int, int]:
-    """(voluntary, involuntary) context switches of a process's main thread so far.
-
-    The main thread of every WebSocket process here is its event loop: a voluntary switch is
-    a wait (for the next event, or for the GIL), an involuntary one a preemption (another task
-    took its core). (0, 0) when the process is gone.
-    """
-    try:
-        text = (proc / str(pid) / "status").read_text()
-    except OSError:
-        return 0, 0
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    try:
-        return (int(fields["voluntary_ctxt_switches"]),
-                int(fields["nonvoluntary_ctxt_switches"]))
-    except (KeyError, ValueError):
-        return 0, 0
+def cpu_ticks(stat_text: str) -> tuple[int, int]:
+    """(all, idle) clock ticks of every CPU together, from /proc/stat's first line."""
+    fields = [int(x) for x in stat_text.splitlines()[0].split()[1:]]
+    return sum(fields), fields[3] + fields[4]  # idle and iowait
 
 
-def switches(pids: list[int], proc: Path = Path("/proc")) -> tuple[int, int]:
-    """Summed (voluntary, involuntary) context switches of these processes' main threads."""
-    counts = [context_switches(pid, proc) for pid in pids]
-    return sum(c[0] for c in counts), sum(c[1] for c in counts)
+def cpu_busy(seconds: float = 2.0) -> float:
+    """Share of all CPUs busy (not idle/iowait) over a short window, from /proc/stat."""
+    total0, idle0 = cpu_ticks(Path("/proc/stat").read_text())
+    time.sleep(seconds)
+    total1, idle1 = cpu_ticks(Path("/proc/stat").read_text())
+    return 1 - (idle1 - idle0) / max(total1 - total0, 1)
 
 
-def children(pid: int, proc: Path = Path("/proc")) -> list[int]:
-    """PIDs of a process's children (of an nginx master: its workers); [] when it is gone."""
-    try:
-        return [int(child) for child in
-                (proc / str(pid) / "task" / str(pid) / "children").read_text().split()]
-    except (OSError, ValueError):
-        return []
 
 
 class Nginx:
@@ -224,14 +206,6 @@ class System:
         """Summed RSS of the WebSocket processes."""
         return sum(rss_kib(pid) for pid in self.ws_pids())
 
-    def nginx_pid(self) -> int:  # pragma: no cover - overridden
-        """PID of this system's nginx master (0 when it is not running)."""
-        raise NotImplementedError
-
-    def nginx_workers(self) -> list[int]:
-        """PIDs of this system's nginx workers."""
-        return children(self.nginx_pid())
-
     def ports(self) -> list[int]:
         """Every port this system listens on."""
         raise NotImplementedError
@@ -263,10 +237,6 @@ class Ours(System):
     def stop(self) -> None:
         """Stop the topology (supervisord and everything it runs, by PID)."""
         self.topology.down()
-
-    def nginx_pid(self) -> int:
-        """The topology's nginx master, run by supervisord."""
-        return self.topology.pid("nginx")
 
     def ws_pids(self) -> list[int]:
         """The WebSocket processes ws-1 and ws-2."""
@@ -361,10 +331,6 @@ class _Processes(System):
         self.nginx = Nginx(state / "nginx", base_port, self.ws_ports, self.ws_ports,
                            base_port + 90)
         self.procs: list[subprocess.Popen | None] = [None, None]
-
-    def nginx_pid(self) -> int:
-        """Our own nginx's master process."""
-        return self.nginx.proc.pid if self.nginx.proc else 0
 
     def ports(self) -> list[int]:
         """nginx, its status port, the two WebSocket processes and Redis."""

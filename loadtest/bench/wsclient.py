@@ -4,9 +4,8 @@ The generator shares the two cores with the servers it measures, so what it spen
 frame lengthens every server's tail. The `websockets` asyncio client runs a reader task per
 socket and hands each frame through a queue and a future; here `websockets`' own sans-I/O
 protocol (handshake, framing, permessage-deflate, ping and close) sits in an `asyncio.Protocol`
-whose `data_received` passes each message to a callback. At rooms of 100 the generator's CPU
-per delivery went from 81-90 to 72 µs against ours and from 69-76 to 50 µs against the
-ceiling (docs/benchmarks.md, eleventh round).
+whose `data_received` passes each message to a callback (docs/benchmarks.md, decisions,
+round 11).
 """
 
 from __future__ import annotations

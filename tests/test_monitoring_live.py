@@ -32,8 +32,8 @@ from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.local.topology import Ports, Topology
-from monitoring import live
 from monitoring.alerts_source import JOBS
+from tests.support import prometheus as live
 from tests.support.chat_client import ChatClient, login
 
 pytestmark = [pytest.mark.topology, pytest.mark.timeout(240)]

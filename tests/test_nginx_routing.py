@@ -22,7 +22,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 from websockets.sync.server import Server, ServerConnection, serve
 
-from tests.support.nginx_proc import Nginx, free_port
+from deploy.processes.children import free_port
+from deploy.processes.nginx import Nginx
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -484,6 +485,43 @@ def test_websockets_over_the_per_address_limit_get_429(
                     time.sleep(0.05)
         finally:
             for ws in open_sockets:
+                ws.close()
+
+
+def test_behind_a_trusted_balancer_each_client_has_its_own_connection_limit(
+    ws_stubs: list[WsStub], http_stubs: list[HttpStub]
+) -> None:
+    """Through one ingress address, the per-address limit counts each real client (realip).
+
+    The chart trusts the private ranges by default (nginx.realIp.trustedCidrs); here the
+    balancer is 127.0.0.11. Without realip every client behind it shared one budget.
+    """
+    balancer, stranger = "127.0.0.11", "127.0.0.12"
+    real_ip = (f"set_real_ip_from {balancer}/32;\n    real_ip_header X-Forwarded-For;\n"
+               "    real_ip_recursive on;")
+    with _nginx_with(ws_stubs, http_stubs, CONN_LIMIT_PER_ADDR="2",
+                     REAL_IP_CONFIG=real_ip) as proc:
+        sockets = []
+
+        def through(source: str, client: str, cookie: str):
+            return ws_open(proc, cookie=cookie, source=source,
+                           headers={"X-Forwarded-For": client})[0]
+
+        try:
+            for i in range(5):  # five clients behind the balancer, more than the limit of 2
+                sockets.append(through(balancer, f"203.0.113.{i}", f"real-{i}"))
+            sockets.append(through(balancer, "203.0.113.0", "real-0b"))
+            with pytest.raises(InvalidStatus) as rejected:  # the limit still holds per client
+                through(balancer, "203.0.113.0", "real-0c")
+            assert rejected.value.response.status_code == 429
+            # Anyone else's X-Forwarded-For is a claim: it is limited by its own address.
+            sockets.append(through(stranger, "198.51.100.1", "claim-1"))
+            sockets.append(through(stranger, "198.51.100.2", "claim-2"))
+            with pytest.raises(InvalidStatus) as rejected:
+                through(stranger, "198.51.100.3", "claim-3")
+            assert rejected.value.response.status_code == 429
+        finally:
+            for ws in sockets:
                 ws.close()
 
 

@@ -13,7 +13,8 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tests.support.redis_procs import RedisServer, SentinelTopology
+from deploy.processes.redis_nodes import RedisServer
+from tests.support.sentinel_topology import SentinelTopology
 
 pytestmark = pytest.mark.slow
 

@@ -24,6 +24,8 @@ from pathlib import Path
 import yaml
 
 from deploy.nginx import render as nginx_render
+from deploy.processes.nginx import nginx_command, write_nginx_conf
+from deploy.processes.redis_nodes import redis_command
 from deploy.sentinel import render as sentinel_render
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,11 +96,14 @@ class Topology:
 
     def __init__(self, state_dir: Path | str = REPO / "var" / "run", ports: Ports = Ports(),
                  env: dict[str, str] | None = None, monitoring: bool | None = None,
-                 ws_env: dict[str, str] | None = None):
+                 ws_env: dict[str, str] | None = None,
+                 nginx_values: dict[str, str] | None = None):
         self.state = Path(state_dir).resolve()
         self.ports = ports
         self.extra_env = env or {}
         self.ws_env = ws_env or {}
+        # Placeholder values of nginx.conf.tmpl on top of the local ones (the benchmark's).
+        self.nginx_values = nginx_values or {}
         self.monitoring = (_tool("prometheus") is not None) if monitoring is None else monitoring
         self.redis = sentinel_render.LocalTopology(
             master_port=ports.redis_master,
@@ -205,11 +210,11 @@ class Topology:
             shutil.rmtree(redis_dir)  # sentinels rewrite configs: start from the templates
         redis_dir.mkdir()
         sentinel_render.write_local_configs(redis_dir, topology=self.redis)
-        nginx_dir = nginx_render.prepare_state_dir(self.state / "nginx")
+        nginx_dir = self.state / "nginx"
         values = nginx_render.local_values(
             nginx_dir, self.ports.nginx, self.ports.ws, self.ports.http, self.ports.nginx_status
         )
-        (nginx_dir / "nginx.conf").write_text(nginx_render.render_nginx_conf(**values))
+        write_nginx_conf(nginx_dir, {**values, **self.nginx_values})
         if self.monitoring:
             self._render_prometheus()
         self.conf.write_text(self._supervisord_conf())
@@ -275,18 +280,17 @@ class Topology:
             "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n",
             f"[supervisorctl]\nserverurl=unix://{state / 'supervisor.sock'}\n",
         ]
-        redis_server = _tool("redis-server") or "redis-server"
         for priority, name in enumerate(("master", "replica"), start=10):
             # A crashed data node comes back after a pause, like a Kubernetes restart back-off:
             # an instant restart would beat Sentinel's down-after and hide the failover (and
             # bring the node back as master with an old snapshot).
             marker = redis_dir / name / ".started"
             command = (f"/bin/sh -c 'if [ -e {marker} ]; then sleep {self.redis_restart_delay}; "
-                       f"fi; touch {marker}; exec {redis_server} {redis_dir}/{name}.conf'")
+                       f"fi; touch {marker}; exec {redis_command(redis_dir / f'{name}.conf')}'")
             sections.append(self._program(f"redis-{name}", command, priority))
         for i in range(1, len(self.ports.sentinels) + 1):
             sections.append(self._program(
-                f"sentinel-{i}", f"{redis_server} {redis_dir}/sentinel-{i}.conf --sentinel", 12
+                f"sentinel-{i}", redis_command(redis_dir / f"sentinel-{i}.conf", sentinel=True), 12
             ))
         entry = REPO / "deploy" / "entrypoint.sh"
         for name, port in zip(self.ws_programs(), self.ports.ws, strict=True):
@@ -300,9 +304,8 @@ class Topology:
                 "PROMETHEUS_MULTIPROC_DIR": str(state / f"metrics-{name}"),
             }
             sections.append(self._program(name, f"{entry} http", 20, env, stopwait=30))
-        nginx = _tool("nginx") or "nginx"
         sections.append(self._program(
-            "nginx", f"{nginx} -p {state / 'nginx'} -c {state / 'nginx' / 'nginx.conf'}", 30,
+            "nginx", nginx_command(state / "nginx" / "nginx.conf", state / "nginx"), 30,
             stopsignal="QUIT",
         ))
         if self.monitoring:

@@ -20,8 +20,8 @@ from deploy.nginx.render import (
     template_text,
     upstream_servers,
 )
+from deploy.processes.nginx import nginx_test
 from deploy.templating import PLACEHOLDER, placeholders
-from tests.support.nginx_proc import nginx_test
 
 LOCAL_PORTS = {
     "listen_port": 18000,

@@ -3,7 +3,7 @@
 * `Ours`: the real chanfleet topology (`deploy.local.topology.Topology`, shifted ports), with
   benchmark rate limits; users log in over the JSON API.
 * `Stock`: the reference chapter's project (`loadtest.bench.stock`) under two daphne
-  processes, on its own plain redis-server; sessions are written by its own script.
+  processes, on its own standalone redis-server; sessions are written by its own script.
 * `Ceiling`: `loadtest.bench.ceiling` (websockets + Redis pub/sub) in two processes.
 
 Every system: `start()`, `stop()`, `restart_ws()` (fresh WebSocket processes, so that each
@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,7 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from deploy.local.topology import REPO, Ports, Topology, database_url_named
-from deploy.nginx import render as nginx_render
+from deploy.processes.children import Child, accepts, poll_until
+from deploy.processes.nginx import Nginx
+from deploy.processes.redis_nodes import RedisServer
 
 # Benchmark-only nginx values: the local default of 1024 worker connections holds 512
 # proxied WebSockets per worker, and the per-address limit (100) would refuse a load
@@ -54,28 +55,8 @@ def port_busy(port: int) -> bool:
 
 def wait_port(port: int, timeout: float = 30) -> None:
     """Wait until 127.0.0.1:port accepts TCP connections."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
-
-
-def stop_pid(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, wait: float = 10) -> None:
-    """Stop one process we started, by PID: sig, then SIGKILL after `wait` seconds."""
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        os.kill(proc.pid, sig)
-        proc.wait(wait)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(5)
-    except ProcessLookupError:
-        pass
+    poll_until(f"127.0.0.1:{port} to accept", lambda: accepts(("127.0.0.1", port)) or None,
+               timeout)
 
 
 def rss_kib(pid: int) -> int:
@@ -117,63 +98,6 @@ def cpu_busy(seconds: float = 2.0) -> float:
     return 1 - (idle1 - idle0) / max(total1 - total0, 1)
 
 
-
-
-class Nginx:
-    """nginx rendered from deploy/nginx/nginx.conf.tmpl for our own ports, run by PID."""
-
-    def __init__(self, state: Path, listen: int, ws_ports: list[int], http_ports: list[int],
-                 status: int):
-        self.state = nginx_render.prepare_state_dir(state)
-        values = nginx_render.local_values(self.state, listen, ws_ports, http_ports, status)
-        values.update(NGINX_OVERRIDES)
-        (self.state / "nginx.conf").write_text(nginx_render.render_nginx_conf(**values))
-        self.listen = listen
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        """Start nginx in the foreground (daemon off) and wait for its port."""
-        binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        self.proc = subprocess.Popen(
-            [binary, "-p", str(self.state), "-c", str(self.state / "nginx.conf"), "-e",
-             str(self.state / "error.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.state,
-        )
-        wait_port(self.listen)
-
-    def stop(self) -> None:
-        """Stop nginx (SIGTERM: fast shutdown)."""
-        stop_pid(self.proc)
-
-
-class RedisServer:
-    """A plain redis-server without persistence, run by PID."""
-
-    def __init__(self, state: Path, port: int):
-        self.state = state
-        self.port = port
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        """redis:// URL of database 0."""
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        """Start redis-server and wait for its port."""
-        self.state.mkdir(parents=True, exist_ok=True)
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.state), "--maxclients", "10000",
-             "--logfile", str(self.state / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        wait_port(self.port)
-
-    def stop(self) -> None:
-        """Stop redis-server."""
-        stop_pid(self.proc)
 
 
 class System:
@@ -218,8 +142,9 @@ class Ours(System):
     ready_marker = '"history_end"'
 
     def __init__(self, state: Path, offset: int, ws_env: dict[str, str] | None = None):
-        self.topology = _BenchTopology(state, ports=Ports().shifted(offset), env=dict(OURS_ENV),
-                                       monitoring=False, ws_env=ws_env or {})
+        self.topology = Topology(state, ports=Ports().shifted(offset), env=dict(OURS_ENV),
+                                 monitoring=False, ws_env=ws_env or {},
+                                 nginx_values=NGINX_OVERRIDES)
         self.nginx_port = self.topology.ports.nginx
         self.ws_ports = list(self.topology.ports.ws)
         self._cookies: list[str] = []
@@ -307,30 +232,20 @@ print(json.dumps({"engine": settings.SESSION_ENGINE, "user": user.get_username()
 """
 
 
-class _BenchTopology(Topology):
-    """The topology with the benchmark's nginx values (rendered into its own state folder)."""
-
-    def render(self) -> None:
-        """Render as usual, then re-render nginx.conf with NGINX_OVERRIDES."""
-        super().render()
-        nginx_dir = self.state / "nginx"
-        values = nginx_render.local_values(nginx_dir, self.ports.nginx, self.ports.ws,
-                                           self.ports.http, self.ports.nginx_status)
-        values.update(NGINX_OVERRIDES)
-        (nginx_dir / "nginx.conf").write_text(nginx_render.render_nginx_conf(**values))
-
-
 class _Processes(System):
-    """Two WebSocket processes we run ourselves, plus nginx and a plain redis-server."""
+    """Two WebSocket processes we run ourselves, plus nginx and a standalone redis-server."""
 
     def __init__(self, state: Path, base_port: int):
         self.state = state
         self.nginx_port = base_port
         self.ws_ports = [base_port + 11, base_port + 12]
-        self.redis = RedisServer(state / "redis", base_port + 20)
-        self.nginx = Nginx(state / "nginx", base_port, self.ws_ports, self.ws_ports,
-                           base_port + 90)
-        self.procs: list[subprocess.Popen | None] = [None, None]
+        # The tests' standalone Redis (the chart's config, with a password) on a fixed port;
+        # maxclients stated so that a lowered default cannot refuse the load's connections.
+        self.redis = RedisServer(port=base_port + 20, base_dir=state / "redis",
+                                 extra_args=["--maxclients", "10000"])
+        self.nginx = Nginx.local(base_port, self.ws_ports, self.ws_ports, base_port + 90,
+                                 state_dir=state / "nginx", **NGINX_OVERRIDES)
+        self.procs: list[Child | None] = [None, None]
 
     def ports(self) -> list[int]:
         """nginx, its status port, the two WebSocket processes and Redis."""
@@ -345,11 +260,9 @@ class _Processes(System):
         return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
 
     def _spawn(self, index: int) -> None:
-        port = self.ws_ports[index]
-        log = open(self.state / f"ws-{index + 1}.log", "ab")  # Popen dups it
-        self.procs[index] = subprocess.Popen(self.command(port), env=self.env(), cwd=REPO,
-                                             stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        name = f"ws-{index + 1}"
+        self.procs[index] = Child(name, self.command(self.ws_ports[index]),
+                                  self.state / f"{name}.log", cwd=REPO, env=self.env()).start()
 
     def start(self) -> None:
         """Start Redis, the two WebSocket processes and nginx."""
@@ -369,13 +282,15 @@ class _Processes(System):
         """Stop nginx, the WebSocket processes and Redis, by PID."""
         self.nginx.stop()
         for proc in self.procs:
-            stop_pid(proc, wait=5)
+            if proc is not None:
+                proc.stop(grace=5)
         self.redis.stop()
 
     def restart_ws(self) -> None:
         """Replace both WebSocket processes with fresh ones."""
         for proc in self.procs:
-            stop_pid(proc, signal.SIGKILL)
+            if proc is not None:
+                proc.kill()
         for index in range(len(self.ws_ports)):
             self._spawn(index)
         for port in self.ws_ports:
@@ -383,7 +298,7 @@ class _Processes(System):
 
     def ws_pids(self) -> list[int]:
         """PIDs of the two WebSocket processes."""
-        return [p.pid for p in self.procs if p is not None and p.poll() is None]
+        return [p.pid for p in self.procs if p is not None and p.pid is not None]
 
 
 class Stock(_Processes):

@@ -11,12 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.redis_procs import (
-    RedisBinaryMissing,
-    RedisServer,
-    SentinelTopology,
-    find_redis_server,
-)
+from deploy.processes.redis_nodes import RedisBinaryMissing, RedisServer, find_redis_server
+from tests.support.sentinel_topology import SentinelTopology
 
 
 def _require_redis_server() -> None:

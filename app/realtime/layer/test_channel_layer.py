@@ -10,7 +10,7 @@ from redis import exceptions as redis_errors
 from app.realtime.adapters.channels_redis import group_key
 from app.realtime.layer.channel_layer import LayerUnavailable, ResilientRedisChannelLayer
 from app.realtime.ops import metrics
-from tests.support.redis_procs import free_port
+from deploy.processes.children import free_port
 
 
 def make_layer(host, **options) -> ResilientRedisChannelLayer:

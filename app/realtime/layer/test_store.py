@@ -7,7 +7,7 @@ import pytest
 from redis import exceptions as redis_errors
 
 from app.realtime.layer.store import RedisStore, connect_redis
-from tests.support.redis_procs import free_port
+from deploy.processes.children import free_port
 
 
 def sentinel_store(topology, sentinels=None, retry_seconds=20.0) -> RedisStore:

@@ -1,69 +1,61 @@
-"""A real nginx for tests, running the chanfleet config rendered from deploy/nginx/nginx.conf.tmpl.
+"""nginx: the binary, its config (deploy/nginx/render.py), its command line, running it by PID.
 
-``Nginx(values)`` renders the template into a temporary state directory; ``Nginx(conf_path)``
-runs an already rendered file. Either way nginx runs in the foreground (``daemon off``) as a
-child process in its own process group, is waited for until its listen port accepts, and is
-stopped by PID: SIGQUIT (graceful), then SIGKILL to its process group (master and workers),
-then reaped. Binds only what the config says (127.0.0.1 in the local values).
+``Nginx(values)`` renders the template into a state directory (a temporary one unless given);
+``Nginx(conf_path)`` runs an already rendered file. Either way nginx runs in the foreground
+(the template says ``daemon off``) as a child process in its own session, is waited for until
+its listen port accepts, and is stopped by PID: SIGQUIT (graceful), then SIGKILL to its process
+group (master and workers), then reaped. It binds only what the config says.
 
 Usage::
 
-    values = local_values(tmp, listen_port=free_port(), ws_ports=[...], http_ports=[...],
-                          status_port=free_port())
-    with Nginx(values) as nginx:
-        urllib.request.urlopen(nginx.url + "/")
+    with Nginx.local(free_port(), ws_ports=[...], http_ports=[...], status_port=free_port()) as n:
+        urllib.request.urlopen(n.url + "/")
 """
 
 from __future__ import annotations
 
-import atexit
 import os
 import re
+import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from deploy.nginx.render import local_values, prepare_state_dir, render_nginx_conf
+from deploy.processes.children import (
+    HOST,
+    BinaryMissing,
+    Child,
+    ProcessError,
+    accepts,
+    find_program,
+    poll_until,
+)
 
-HOST = "127.0.0.1"
-# Set to an nginx path to test another build than /usr/sbin/nginx or the one on PATH.
+# Set to an nginx path to run another build than the one on PATH or in /usr/sbin.
 NGINX_ENV = "CHANFLEET_NGINX"
 MISSING_BINARY_HELP = (
     "nginx was not found (${env}, PATH, /usr/sbin/nginx). The routing tests run a real nginx; "
     "Debian: apt-get install nginx-light (needs stub_status, realip and upstream hash)."
 ).replace("{env}", NGINX_ENV)
-POLL_INTERVAL = 0.02
 
 _LISTEN = re.compile(r"^\s*listen\s+([^\s;]+)", re.MULTILINE)
 
 
-class NginxBinaryMissing(RuntimeError):
+class NginxBinaryMissing(BinaryMissing):
     """nginx is not installed; the message says how to get it."""
 
 
-class NginxError(RuntimeError):
+class NginxError(ProcessError):
     """nginx failed its config test, failed to start, or did not listen in time."""
 
 
 def find_nginx() -> str:
     """Return the nginx executable path, or raise NginxBinaryMissing explaining the fix."""
-    candidates = [os.environ.get(NGINX_ENV), shutil.which("nginx"), "/usr/sbin/nginx"]
-    for candidate in candidates:
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    raise NginxBinaryMissing(MISSING_BINARY_HELP)
-
-
-def free_port(host: str = HOST) -> int:
-    """Return a TCP port that was free on host a moment ago (bind to port 0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    return find_program("nginx", NGINX_ENV, MISSING_BINARY_HELP, NginxBinaryMissing)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -76,35 +68,37 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def nginx_argv(
+    conf_path: str | os.PathLike[str], prefix: str | os.PathLike[str], *options: str
+) -> list[str]:
+    """Return nginx's command line for a config with its own prefix (state) directory."""
+    # `-e stderr`: errors before the config's own error_log is open reach the log we keep,
+    # not the build's default /var/log/nginx path.
+    return [find_nginx(), *options, "-p", f"{os.fspath(prefix)}/", "-e", "stderr",
+            "-c", os.fspath(conf_path)]
+
+
+def nginx_command(conf_path: str | os.PathLike[str], prefix: str | os.PathLike[str]) -> str:
+    """Return nginx_argv() as one shell-quoted command line (for supervisor's `command=`)."""
+    return shlex.join(nginx_argv(conf_path, prefix))
+
+
+def write_nginx_conf(state_dir: str | os.PathLike[str], values: Mapping[str, object]) -> Path:
+    """Create the state directory nginx needs and write nginx.conf rendered from values there."""
+    state = prepare_state_dir(state_dir)
+    conf = state / "nginx.conf"
+    conf.write_text(render_nginx_conf(**values), encoding="utf-8")
+    return conf
+
+
 def nginx_test(conf_path: str | os.PathLike[str], prefix: str | os.PathLike[str]) -> str:
     """Run `nginx -t` on a config with its own prefix; return the output or raise NginxError."""
-    argv = [
-        find_nginx(),
-        "-t",
-        "-q",
-        "-p",
-        f"{os.fspath(prefix)}/",
-        "-e",
-        "stderr",
-        "-c",
-        os.fspath(conf_path),
-    ]
+    argv = nginx_argv(conf_path, prefix, "-t", "-q")
     result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     output = result.stdout + result.stderr
     if result.returncode != 0:
         raise NginxError(f"nginx -t failed ({result.returncode}):\n{output}")
     return output
-
-
-# Strong references on purpose: an Nginx dropped without stop() must still be killed at exit.
-_LIVE: set[Nginx] = set()
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    """Last resort if a test run dies before teardown: kill every nginx still ours."""
-    for nginx in list(_LIVE):
-        nginx.stop(grace=0)
 
 
 class Nginx:
@@ -121,9 +115,9 @@ class Nginx:
     ) -> None:
         """Take render values (placeholder names) or the path of a rendered nginx.conf.
 
-        With values, a missing STATE_DIR becomes a fresh temporary directory (removed on
-        stop) and missing ERROR_LOG / ACCESS_LOG become files in it. ``address`` is where
-        to wait for nginx to accept; by default the first `listen` of the config.
+        With values, a missing STATE_DIR becomes ``state_dir`` or a fresh temporary directory
+        (removed on stop), and missing ERROR_LOG / ACCESS_LOG become files in it. ``address``
+        is where to wait for nginx to accept; by default the first `listen` of the config.
         """
         self._owned_dir: Path | None = None
         if isinstance(config, Mapping):
@@ -145,8 +139,7 @@ class Nginx:
         self._address = address
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
-        self.popen: subprocess.Popen[bytes] | None = None
-        self._output: tempfile._TemporaryFileWrapper[bytes] | None = None
+        self.child: Child | None = None
 
     @classmethod
     def local(
@@ -155,16 +148,20 @@ class Nginx:
         ws_ports: Sequence[int],
         http_ports: Sequence[int],
         status_port: int,
+        *,
+        state_dir: str | os.PathLike[str] | None = None,
         **overrides: object,
     ) -> Nginx:
-        """Return an (unstarted) Nginx for the local topology in its own temporary state dir.
+        """Return an (unstarted) Nginx for the local topology's values plus overrides.
 
         ``overrides`` are placeholder values on top of local_values(), e.g.
-        ``WS_READ_TIMEOUT="3s"``. The state dir is removed on stop.
+        ``WS_READ_TIMEOUT="3s"``. Without ``state_dir`` a temporary one is removed on stop.
         """
-        owned = Path(tempfile.mkdtemp(prefix="chanfleet-nginx-"))
+        owned = None if state_dir is not None else Path(tempfile.mkdtemp(prefix="chanfleet-nginx-"))
+        state = Path(state_dir) if state_dir is not None else owned
+        assert state is not None
         values = {
-            **local_values(owned, listen_port, ws_ports, http_ports, status_port),
+            **local_values(state, listen_port, ws_ports, http_ports, status_port),
             **overrides,
         }
         nginx = cls(values)
@@ -196,7 +193,12 @@ class Nginx:
     @property
     def pid(self) -> int | None:
         """Return the master's PID while it runs, else None."""
-        return self.popen.pid if self.popen and self.popen.poll() is None else None
+        return self.child.pid if self.child else None
+
+    @property
+    def output_path(self) -> Path:
+        """Return the file holding what nginx writes to stdout and stderr."""
+        return self.state_dir / "nginx-output.log"
 
     @property
     def error_log_path(self) -> Path:
@@ -209,10 +211,10 @@ class Nginx:
 
     def output(self) -> str:
         """Return what nginx wrote to stdout/stderr so far (config errors before logs open)."""
-        if self._output is None:
+        try:
+            return self.output_path.read_text(errors="replace")
+        except OSError:
             return ""
-        self._output.flush()
-        return Path(self._output.name).read_text(errors="replace")
 
     def diagnostics(self, lines: int = 30) -> str:
         """Return nginx's console output and the tail of its error log, for failure messages."""
@@ -225,25 +227,14 @@ class Nginx:
     def start(self) -> Nginx:
         """Render (if given values), test the config, start nginx and wait until it accepts."""
         if self.values is not None:
-            prepare_state_dir(self.state_dir)
+            write_nginx_conf(self.state_dir, self.values)
             # Workers drop to `nobody` when the master runs as root: let them reach the
             # temp directories below a mkdtemp (0700) state dir.
             if self._owned_dir is not None:
                 self._owned_dir.chmod(0o755)
-            self.conf_path.write_text(render_nginx_conf(**self.values), encoding="utf-8")
         nginx_test(self.conf_path, self.state_dir)
-        self._output = tempfile.NamedTemporaryFile(prefix="chanfleet-nginx-out-", delete=False)
-        argv = [find_nginx(), "-p", f"{self.state_dir}/", "-e", "stderr", "-c", str(self.conf_path)]
-        # Own session and process group: stop() can SIGKILL the workers along with the
-        # master without ever signalling anything else.
-        self.popen = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=self._output,
-            stderr=self._output,
-            start_new_session=True,
-        )
-        _LIVE.add(self)
+        argv = nginx_argv(self.conf_path, self.state_dir)
+        self.child = Child("nginx", argv, self.output_path, stop_signal=signal.SIGQUIT).start()
         try:
             self._wait_accepting()
         except BaseException:
@@ -253,56 +244,32 @@ class Nginx:
 
     def _wait_accepting(self) -> None:
         """Poll the listen address until it accepts; fail fast if nginx exits."""
-        assert self.popen is not None
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            code = self.popen.poll()
+        assert self.child is not None
+        child = self.child
+
+        def check() -> bool | None:
+            code = child.exit_code()
             if code is not None:
                 raise NginxError(f"nginx exited with code {code} at startup\n{self.diagnostics()}")
-            try:
-                with socket.create_connection(self.address, timeout=0.5):
-                    return
-            except OSError:
-                pass
-            if time.monotonic() >= deadline:
-                raise NginxError(
-                    f"nginx did not accept on {self.address} within {self.start_timeout}s\n"
-                    f"{self.diagnostics()}"
-                )
-            time.sleep(POLL_INTERVAL)
+            return True if accepts(self.address) else None
+
+        poll_until(f"nginx to accept on {self.address}", check, self.start_timeout,
+                   self.diagnostics, error=NginxError)
 
     def stop(self, grace: float | None = None) -> int | None:
         """Stop by PID: SIGQUIT, wait up to grace seconds, then SIGKILL the group; reap it."""
-        grace = self.stop_timeout if grace is None else grace
         code = None
-        if self.popen is not None:
-            if self.popen.poll() is None:
-                try:
-                    os.kill(self.popen.pid, signal.SIGQUIT)
-                    if grace > 0:
-                        self.popen.wait(timeout=grace)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    pass
-                if self.popen.poll() is None:
-                    # Not reaped yet, so the master's PID is still our process group id:
-                    # this reaches its workers too and nothing else.
-                    try:
-                        os.killpg(self.popen.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-            code = self.popen.wait()
-        _LIVE.discard(self)
-        if self._output is not None:
-            self._output.close()
-            Path(self._output.name).unlink(missing_ok=True)
-            self._output = None
+        if self.child is not None:
+            code = self.child.stop(self.stop_timeout if grace is None else grace)
         if self._owned_dir is not None:
             shutil.rmtree(self._owned_dir, ignore_errors=True)
             self._owned_dir = None
         return code
 
     def __enter__(self) -> Nginx:
+        """Start on entering the context."""
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
+        """Stop on leaving the context."""
         self.stop()

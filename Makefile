@@ -61,7 +61,7 @@ ROOMS ?= 10
 DURATION ?= 90
 
 .PHONY: soak
-soak: venv ## A short Locust soak against make run's topology (USERS=100 ROOMS=10 DURATION=90)
+soak: venv ## Locust soak against make run's topology, memory/fd/Redis sampled (USERS=100 ROOMS=10 DURATION=90)
 	$(PY) -m loadtest.run soak --users $(USERS) --rooms $(ROOMS) --duration $(DURATION)
 
 .PHONY: rehearse-failover

@@ -20,7 +20,10 @@ and their session cookies are kept in the state folder (loadtest-sessions.json) 
 runs skip the PBKDF2 logins (--no-session-cache logs everyone in again).
 Locust runs headless as a subprocess; the run folder (default build/loadtest/<scenario>-<time>)
 gets Locust's CSV and HTML, locust.log, timeseries.jsonl, summary.json, faults.json and the
-PNG plots. The exit status is non-zero when a threshold fails.
+PNG plots. While the run lasts, loadtest.resources samples the topology's memory, file
+descriptors and Redis keys (resources.jsonl, resources.json with growth per hour,
+resources.png; --resources-interval 0 turns it off). The exit status is non-zero when a
+threshold fails.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import urllib.request
 from pathlib import Path
 
 from deploy.local.topology import REPO, Ports, Topology
-from loadtest import report
+from loadtest import report, resources
 
 # Sized for the 2-core machine the whole topology shares with Locust: each first login costs
 # ~0.5 s of PBKDF2 CPU, so ramps stay near 2 logins/s (later runs reuse the sessions).
@@ -90,6 +93,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="WebSockets dropped (closes other than a drain's 1012); -1: off")
     parser.add_argument("--max-protocol-violations", type=float, default=0,
                         help="frames against docs/protocol.md (a drain without its 1012...)")
+    parser.add_argument("--resources-interval", type=float, default=15.0,
+                        help="seconds between resource samples of the topology (0: none)")
     parser.add_argument("--locust-arg", action="append", default=[],
                         help="extra argument for locust (repeatable), e.g. --chat-interval=1")
     args = parser.parse_args(argv)
@@ -309,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     copier = tee(proc, out / "locust.log")
+    sampler = None
+    if args.resources_interval > 0 and topology.running():
+        sampler = resources.Sampler(topology, out, args.resources_interval).start()
     fault_error = None
     try:
         if args.scenario in FAULTS:
@@ -329,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         if proc.poll() is None:
             proc.kill()
         copier.join(timeout=10)
+        if sampler is not None:
+            sampler.stop()
     return finish(args, out, code, fault_error)
 
 
@@ -365,6 +375,12 @@ def finish(args, out: Path, code: int, fault_error: str | None) -> int:
                 failed.append(f"broadcast RTT p99 outside fault windows {outside / 1000:g} s > "
                               f"limit {args.max_rtt_p99:g} s")
         print("plots: " + ", ".join(p.name for p in plots), flush=True)
+    samples = resources.load(out)
+    if samples:
+        summary = resources.summarise(samples, warmup=min(600.0, args.duration / 5))
+        (out / "resources.json").write_text(json.dumps(summary, indent=2))
+        print("\n".join(resources.report_lines(summary)), flush=True)
+        resources.render(out)
     print(f"report: {out}", flush=True)
     for line in failed:
         print(f"FAILED: {line}", flush=True)

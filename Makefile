@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 # Debian packages the tests and the local topology run for real.
 APT_PACKAGES := redis-server redis-sentinel nginx-light prometheus prometheus-nginx-exporter \
-	prometheus-redis-exporter chromium fonts-noto-color-emoji
+	prometheus-redis-exporter chromium fonts-noto-color-emoji postgresql iproute2
 
 .PHONY: help
 help: ## List the targets
@@ -24,7 +24,7 @@ $(STAMP): requirements-dev.lock
 venv: $(STAMP) ## Create .venv with the pinned dependencies
 
 .PHONY: system-deps
-system-deps: ## Install redis-server, redis-sentinel, nginx and prometheus with apt when missing (root)
+system-deps: ## Install Redis, Sentinel, nginx, Prometheus, PostgreSQL and the browser with apt when missing (root)
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \

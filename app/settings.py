@@ -49,7 +49,8 @@ LANGUAGE_CODE = "en-us"
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    # Django's admin, its login behind the login throttle (below).
+    "app.web.apps.AdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -69,6 +70,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # A view whose database is unreachable answers 503 database_unavailable, not 500.
+    "app.chat.unavailable.DatabaseUnavailableMiddleware",
 ]
 TEMPLATES = [
     {
@@ -244,12 +247,42 @@ DRAIN_RETRY_MAX_MS = int(env("DRAIN_RETRY_MAX_MS", "3000"))
 DRAIN_CLOSE_GRACE = float(env("DRAIN_CLOSE_GRACE", "0.5"))
 CANARY_INTERVAL = float(env("CANARY_INTERVAL", "5"))
 CANARY_FAIL_AFTER = float(env("CANARY_FAIL_AFTER", "20"))
+# Seconds a shared dependency (database, Redis) may fail before /readyz turns 503: a short
+# outage must not take every pod out of its Service at once (app/realtime/ops/readiness.py).
+READINESS_DEPENDENCY_GRACE = float(env("READINESS_DEPENDENCY_GRACE", "120"))
 LIVE_UPDATE_PRIVATE_PREFIXES = env_list("LIVE_UPDATE_PRIVATE_PREFIXES", "staff.")
 SERVICE_TOKEN = env("SERVICE_TOKEN")
 # How this process names itself to clients (`connected.node`) and operators: the pod name.
 NODE_NAME = env("POD_NAME") or f"{socket.gethostname()}:{env('PORT', '')}"
 # Which role this process plays (set by deploy/entrypoint.sh): http, ws, migrate or dev.
 PROCESS_ROLE = env("CHANFLEET_ROLE", "dev")
+
+# ---------------------------------------------------------------------------- login throttling
+# Failed logins at /api/login, /login/ and /admin/login/ are counted in Redis, shared by every
+# process, per client address, per user name from one address and per user name from every
+# address; each lock is twice the one before, up to a cap. Refused attempts get 429 and
+# Retry-After. The policy and its reasons: docs/architecture.md "Login throttling".
+# Failures of one address, whatever user names it tries, before the address is locked: several
+# people behind one NAT share it, so it is higher than a user name's.
+LOGIN_ADDRESS_FAILURES = int(env("LOGIN_ADDRESS_FAILURES", "20"))
+# Failures of one user name from one address before that pair is locked.
+LOGIN_USER_FAILURES = int(env("LOGIN_USER_FAILURES", "5"))
+# Failures of one user name from every address together; this lock binds only addresses that
+# have failed for the name, so the owner still logs in from anywhere else.
+LOGIN_USER_EVERYWHERE_FAILURES = int(env("LOGIN_USER_EVERYWHERE_FAILURES", "50"))
+# Seconds after a subject's last failure (or the end of its lock) when its count is forgotten.
+LOGIN_FAILURE_WINDOW = float(env("LOGIN_FAILURE_WINDOW", "900"))
+# The first lock, in seconds; each next one is twice as long, up to the caps below.
+LOGIN_LOCK_SECONDS = float(env("LOGIN_LOCK_SECONDS", "60"))
+LOGIN_LOCK_MAX_SECONDS = float(env("LOGIN_LOCK_MAX_SECONDS", "3600"))
+# Kept short: a guesser spread over many addresses holds this lock at its cap, and it also
+# binds the owner at an address where they mistyped.
+LOGIN_USER_EVERYWHERE_LOCK_MAX_SECONDS = float(env("LOGIN_USER_EVERYWHERE_LOCK_MAX_SECONDS", "300"))
+# A count of 0 would refuse every login, a time of 0 lock nothing: refuse to start instead.
+if min(LOGIN_ADDRESS_FAILURES, LOGIN_USER_FAILURES, LOGIN_USER_EVERYWHERE_FAILURES) < 1 or min(
+        LOGIN_FAILURE_WINDOW, LOGIN_LOCK_SECONDS, LOGIN_LOCK_MAX_SECONDS,
+        LOGIN_USER_EVERYWHERE_LOCK_MAX_SECONDS) <= 0:
+    raise ImproperlyConfigured("LOGIN_* failure counts must be at least 1 and times above 0")
 
 # ---------------------------------------------------------------------------- logging
 LOGGING = {

@@ -47,6 +47,7 @@ case "$role" in
       exec daphne --bind "$BIND" --port "$PORT" "${internal[@]}" \
         --ping-interval "${WS_PING_INTERVAL:-20}" --ping-timeout "${WS_PING_TIMEOUT:-30}" \
         --websocket_connect_timeout "${WS_CONNECT_TIMEOUT:-30}" \
+        --websocket-max-message-size "${WS_MAX_SIZE:-1048576}" \
         --application-close-timeout 10 \
         "$@" app.asgi:application
     fi

@@ -367,6 +367,65 @@ histogram_quantile(0.99,
             "minutes: the next master failure is an outage instead of a failover."
         ),
     ),
+    Alert(
+        group="chanfleet-redis",
+        name="ChanfleetRedisMemoryNearLimit",
+        # The master only: a replica ignores maxmemory, and what matters is where writes go.
+        expr=f"""
+(
+  redis_memory_used_bytes{{{S['redis']}}} / (redis_memory_max_bytes{{{S['redis']}}} > 0) > 0.9
+)
+and on (instance)
+redis_instance_info{{{S['redis']}, role="master"}}
+""",
+        for_="5m",
+        severity="warning",
+        summary="The Redis master is close to its maxmemory.",
+        description=(
+            "The Redis master {{ $labels.instance }} has used {{ $value | humanizePercentage }} "
+            "of its maxmemory for 5 minutes. At the limit it refuses writes (maxmemory-policy "
+            "noeviction): new WebSocket connections are refused and, once memberships expire, "
+            "live delivery stops."
+        ),
+    ),
+    Alert(
+        group="chanfleet-redis",
+        name="ChanfleetRedisRefusingWrites",
+        # One full Redis behind every process: one alert per job, not one per process.
+        expr=(
+            "sum by (job) "
+            f"(increase(chanfleet_redis_oom_refusals_total{{{S['app']}}}[5m])) > 0"
+        ),
+        for_="0m",
+        severity="critical",
+        summary="Redis is full and refuses the application's writes (OOM).",
+        description=(
+            "The processes of job {{ $labels.job }} had {{ $value | humanize }} Redis writes "
+            "refused with OOM (used memory over maxmemory) in the last 5 minutes: new WebSocket "
+            "connections are refused with 4503, and memberships and presence cannot be "
+            "refreshed, so once they expire chat changes reach the rooms only by the "
+            "heartbeat's gap check."
+        ),
+    ),
+    Alert(
+        group="chanfleet-dependencies",
+        name="ChanfleetDatabaseUnreachable",
+        # /readyz keeps pods ready through a short database outage (READINESS_DEPENDENCY_GRACE),
+        # so the outage must be seen here instead of as pods leaving their Services.
+        expr=(
+            "sum by (job) "
+            f"(1 - chanfleet_dependency_up{{{S['app']}, dependency=\"database\"}}) > 0"
+        ),
+        for_="1m",
+        severity="critical",
+        summary="Application processes cannot reach the database.",
+        description=(
+            "{{ $value | humanize }} of the processes of job {{ $labels.job }} have failed "
+            "their database check for over a minute: chat changes are refused with "
+            "`database_unavailable`, the HTTP API answers 503 and new WebSocket connections "
+            "are closed with 4503; open sockets stay and keep receiving what Redis carries."
+        ),
+    ),
 ]
 
 

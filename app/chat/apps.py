@@ -11,5 +11,7 @@ class ChatConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        """Connect the model signals that publish live updates."""
+        """Connect the model signals that publish live updates, and readiness's own."""
+        from app.realtime.ops import readiness  # noqa: F401  (database connections seen)
+
         from . import signals  # noqa: F401

@@ -17,7 +17,7 @@ from app.realtime.consumers.errors import ProtocolError
 from app.realtime.layer.ratelimit import Rate, allow
 from app.realtime.ops import metrics
 
-from . import presence, services
+from . import gap_check, presence, services
 from .models import Notification, UserStatus
 from .streams import notify_group, topic_group, user_group
 from .writer import writer
@@ -287,7 +287,7 @@ class ChatConsumer(RealtimeConsumer):
                 "type": "room.event", "seq": frame["seq"], "text": _dumps(frame),
                 "kind": frame["type"],
             })
-        except Exception:  # LayerUnavailable once the layer's retry window ran out
+        except Exception:  # LayerUnavailable after the retry window, or RedisFull at once
             await self.send_error(
                 "broadcast_failed",
                 "stored, but not delivered live; clients receive it when they resume",
@@ -377,7 +377,9 @@ class ChatConsumer(RealtimeConsumer):
         rooms = sorted({c.room.id for c in live})
         if not rooms:
             return
-        latest = await database_sync_to_async(services.latest_seqs)(rooms)
+        latest = await gap_check.latest_seqs(rooms)
+        if latest is None:
+            return  # the database is away or hangs: checked again on the next beat
         for consumer in live:
             try:
                 await consumer.catch_up(latest.get(consumer.room.id))

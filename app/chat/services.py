@@ -5,15 +5,18 @@ These are plain synchronous functions, called from consumers through
 Each change and its RoomEvent commit in one transaction, before anything is broadcast.
 """
 
+import logging
 import re
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from app.realtime.consumers.errors import ProtocolError
+from app.realtime.consumers.errors import ProtocolError, database_unreachable
 
 from .models import ChatRoom, Message, MessageReaction, RoomBan, RoomEvent, UserStatus
+
+logger = logging.getLogger(__name__)
 
 ROOM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 EMOJI_MAX = 32
@@ -287,5 +290,11 @@ def history_page(room: ChatRoom, before: int | None, limit: int) -> list[dict]:
 
 
 def touch_last_seen(user) -> None:
-    """Record when a user was last connected."""
-    UserStatus.objects.update_or_create(user=user, defaults={"last_seen": timezone.now()})
+    """Record when a user was last connected; skipped while the database cannot be reached."""
+    try:
+        UserStatus.objects.update_or_create(user=user, defaults={"last_seen": timezone.now()})
+    except DatabaseError as error:
+        # Called as a socket closes: an outage must not turn each close into a crash report.
+        if not database_unreachable(error):
+            raise
+        logger.warning("last_seen of user %s not recorded: %s", user.pk, error)

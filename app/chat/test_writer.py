@@ -114,3 +114,57 @@ async def test_changes_arriving_during_a_write_form_the_next_batch(make_user):
     assert [f["seq"] for f in frames] == [1, 2, 3]
     count, changes = batches()
     assert (count - before[0], changes - before[1]) == (2, 3)
+
+
+def test_batches_over_the_same_rooms_in_opposite_orders_do_not_deadlock(make_user):
+    """Two processes' batches touch rooms A and B in opposite arrival orders, at once.
+
+    Each change holds its room's row lock to the batch's commit. In arrival order the batches
+    would wait for each other (PostgreSQL refuses one change: "deadlock detected"); in room
+    order the second waits for the first to commit, and every change is stored.
+    """
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks and deadlock detection are PostgreSQL's (SQLite locks the file)")
+    from django.contrib.auth import get_user_model
+
+    from app.chat.writer import write_batch
+
+    user = get_user_model().objects.create_user("locker", password="pw")
+    room_a = ChatRoom.objects.create(name="room-a", display_name="a")
+    room_b = ChatRoom.objects.create(name="room-b", display_name="b")
+    both_locked_one = threading.Barrier(2)
+
+    def post_then_wait(room, user, text, reply_to, client_id):
+        frame = services.post_message(room, user, text, reply_to, client_id)
+        try:
+            # Hold this room's lock until the other batch holds its first room's lock too
+            # (in room order the other batch is already waiting for this one: time out).
+            both_locked_one.wait(timeout=1)
+        except threading.BrokenBarrierError:
+            pass
+        return frame
+
+    outcomes = {}
+
+    def process(name, rooms):
+        try:
+            outcomes[name] = write_batch([
+                (post_then_wait if i == 0 else services.post_message,
+                 (room, user, f"{name}-{room.name}", None, None))
+                for i, room in enumerate(rooms)
+            ])
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=process, args=("p1", [room_a, room_b])),
+               threading.Thread(target=process, args=("p2", [room_b, room_a]))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    errors = [value for results in outcomes.values() for ok, value in results if not ok]
+    assert errors == []
+    assert Message.objects.count() == 4
+    assert sorted(RoomEvent.objects.filter(room=room_a).values_list("seq", flat=True)) == [1, 2]

@@ -4,7 +4,7 @@ import json
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
-from django.contrib.auth import authenticate, get_user_model, login, logout
+from django.contrib.auth import get_user_model, login, logout
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError
 from django.http import HttpRequest, JsonResponse
@@ -16,6 +16,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from app.realtime.consumers.errors import ProtocolError, nul_field
 
 from . import services
+from .login_guard import Refusal, authenticate_throttled, refusal_message
 from .models import ChatRoom, Notification
 from .presence import room_user_ids
 from .streams import send_notification_to_user
@@ -85,7 +86,7 @@ def csrf(request):
 
 @require_POST
 def api_login(request):
-    """Log in with {"username", "password"}; sets the session cookie."""
+    """Log in with {"username", "password"}; sets the session cookie (429 while throttled)."""
     try:
         data = body(request)
     except ProtocolError as problem:
@@ -93,7 +94,11 @@ def api_login(request):
     username, password = data.get("username"), data.get("password")
     if not isinstance(username, str) or not isinstance(password, str):
         return error(400, "invalid_field", "username and password are required")
-    user = authenticate(request, username=username, password=password)
+    user = authenticate_throttled(request, username, password)
+    if isinstance(user, Refusal):
+        response = error(429, "rate_limited", refusal_message(user), retry_after=user.retry_after)
+        response["Retry-After"] = str(user.retry_after)
+        return response
     if user is None:
         return error(401, "invalid_credentials", "wrong username or password")
     login(request, user)

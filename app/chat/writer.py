@@ -11,6 +11,17 @@ Each change of a batch still runs in its own `transaction.atomic()` block, a sav
 the batch's transaction, so a change that fails (a reply to a message of another room, a
 database error) is rolled back alone and its sender gets the error; the others commit. If the
 commit itself fails, nothing of the batch is stored and every sender gets that error.
+
+A batch takes its rooms' row locks (each change raises its room's `last_seq`) in ascending
+room order, and holds them to the commit. Two processes whose batches touch the same rooms
+in different orders would otherwise deadlock, and PostgreSQL would refuse one of the changes.
+Changes of one room keep their arrival order, which is their order of seq.
+
+While the database cannot be reached every change fails at once, and its sender is answered
+`database_unavailable` (app/realtime/consumers/base.py): nothing waits here for the database
+to come back, and the next batch after it is back reconnects. A connection lost during the
+commit itself leaves the outcome unknown to the server; docs/protocol.md tells clients how such
+a change, if it was stored, still reaches them.
 """
 
 import asyncio
@@ -30,17 +41,24 @@ def write_batch(changes: list[tuple]) -> list[tuple[bool, object]]:
             return [(True, change(*args))]
         except Exception as error:
             return [(False, error)]
-    results: list[tuple[bool, object]] = []
+    results: list[tuple[bool, object] | None] = [None] * len(changes)
     try:
         with transaction.atomic():
-            for change, args in changes:
+            for i in sorted(range(len(changes)), key=lambda i: _room_id(changes[i])):
+                change, args = changes[i]
                 try:
-                    results.append((True, change(*args)))  # its own atomic(): a savepoint
+                    results[i] = (True, change(*args))  # its own atomic(): a savepoint
                 except Exception as error:
-                    results.append((False, error))
+                    results[i] = (False, error)
     except Exception as error:
         return [(False, error)] * len(changes)
     return results
+
+
+def _room_id(change: tuple) -> int:
+    """The id of the room a change locks (its first argument), for the batch's lock order."""
+    _, args = change
+    return getattr(args[0], "id", 0) if args else 0
 
 
 class Writer:

@@ -17,7 +17,7 @@ from django.shortcuts import render
 from django.urls import reverse_lazy
 from django.views.decorators.cache import never_cache
 
-from app.chat import services
+from app.chat import login_guard, services
 from app.chat.models import ChatRoom, Notification
 
 LOGIN_URL = reverse_lazy("web:login")
@@ -105,10 +105,21 @@ def notifications(request):
     return _render(request, "web/notifications.html", "notifications.js")
 
 
-login = secure_page(auth_views.LoginView.as_view(
+def throttled(view):
+    """Answer an attempt the login throttle refused with 429 and Retry-After."""
+
+    @wraps(view)
+    def wrapped(request, *args, **kwargs):
+        return login_guard.with_refusal_status(view(request, *args, **kwargs))
+
+    return wrapped
+
+
+login = secure_page(throttled(auth_views.LoginView.as_view(
     template_name="web/login.html",
+    authentication_form=login_guard.ThrottledAuthenticationForm,
     redirect_authenticated_user=True,
     next_page=reverse_lazy("web:rooms"),
-))
+)))
 # Django's LogoutView takes POST only (with the CSRF token) and is never cached.
 logout = secure_page(auth_views.LogoutView.as_view(next_page=reverse_lazy("web:login")))

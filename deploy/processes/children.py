@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import pwd
 import shlex
 import shutil
 import signal
@@ -114,6 +115,14 @@ def find_program(
     raise error(help_text or f"{name} was not found on PATH, /usr/sbin or /usr/bin")
 
 
+def account(user: str | None) -> dict[str, object]:
+    """Return subprocess keyword arguments that run a child as user (with its group), or none."""
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
 # Strong references on purpose: a child dropped without stop() must still be killed at exit.
 _LIVE: set[Child] = set()
 
@@ -137,6 +146,7 @@ class Child:
         cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
         stop_signal: int = signal.SIGTERM,
+        user: str | None = None,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -144,6 +154,9 @@ class Child:
         self.cwd = cwd
         self.env = dict(env) if env is not None else None
         self.stop_signal = stop_signal
+        # Run as this account (root only): servers such as PostgreSQL refuse to run as root,
+        # and switching in the child keeps the server itself our child, stopped by its PID.
+        self.user = user
         self.popen: subprocess.Popen[bytes] | None = None
 
     @property
@@ -167,6 +180,7 @@ class Child:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
+                **account(self.user),
             )
         _LIVE.add(self)
         return self

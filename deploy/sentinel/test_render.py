@@ -159,6 +159,14 @@ def test_values_that_would_split_a_directive_are_refused(field):
         redis_conf(**{field: "a b"})
 
 
+def test_an_isolated_master_keeps_taking_writes_as_the_partition_drill_decided():
+    # tests/test_partition.py proves what that costs; raising it needs that drill redone
+    # with NOREPLICAS refusals (deploy/sentinel/README.md, "A partition").
+    words = directives(redis_conf())
+    assert ["min-replicas-to-write", "0"] in words
+    assert ["min-replicas-max-lag", "10"] in words
+
+
 def test_local_defaults_describe_the_local_topology():
     d = r.LOCAL_DEFAULTS
     assert d.master_name == "chanfleet"

@@ -10,6 +10,7 @@ from websockets.http11 import Request
 
 from app.realtime.adapters.uvicorn import FanoutWebSocketProtocol, Flag
 from app.realtime.consumers.delivery import DIRECT_SOCKET, take_direct_socket
+from app.realtime.server.limits import SocketLimits
 
 
 async def echo_app(scope, receive, send):
@@ -38,15 +39,16 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def serve(app=None, **options):
+async def serve(app=None, limits: SocketLimits | None = None, **options):
     """Run an ASGI app (echo_app by default) under uvicorn with our protocol on a free port.
 
     `options` are uvicorn.Config's (ws_max_size, ws_per_message_deflate, ...).
     """
     port = free_port()
     options = {"ws_per_message_deflate": False, **options}
+    protocol = FanoutWebSocketProtocol.with_limits(limits or SocketLimits())
     server = uvicorn.Server(uvicorn.Config(
-        app or echo_app, host="127.0.0.1", port=port, ws=FanoutWebSocketProtocol,
+        app or echo_app, host="127.0.0.1", port=port, ws=protocol,
         lifespan="off", log_level="warning", **options))
     task = asyncio.create_task(server.serve())
     while not server.started:  # noqa: ASYNC110 (uvicorn offers a flag, not an event)

@@ -4,17 +4,24 @@ Relied on, from `uvicorn.protocols.websockets.websockets_sansio_impl.WebSocketsS
 (an implementation module, not a documented interface): its constructor, `handle_connect`,
 `receive`, `start_keepalive`, and the attributes `conn` (websockets' ServerProtocol), `scope`,
 `request`, `response`, `queue` (put_nowait, empty), `writable` (set, clear, is_set, wait),
-`read_paused`, `close_sent` and `transport`; and that its `send` sends every message whole
+`read_paused`, `close_sent`, `close_timer`, `handshake_complete`, `disconnected` and
+`transport`; its `data_received`, `handle_parser_exception` (called once the websockets parser
+has failed), `pause_writing` and `resume_writing`; that `handle_close` and `connection_lost`
+cancel `close_timer` and `run_asgi` leaves the transport open while it is set; that `send`
+waits on `writable` only after the handshake; and that its `send` sends every message whole
 (never a fragment), so no fragmented message is ever in progress on its connections.
 """
 
 import asyncio
+import collections
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import OPEN
 
 from app.realtime.adapters import websockets as websockets_adapter
 from app.realtime.consumers.delivery import DIRECT_SOCKET, WaitQueue
+from app.realtime.server.limits import SLOW_CLIENT, SocketLimits
+from app.realtime.server.lingering import CloseFrameWatch
 
 PACKAGE = "uvicorn"
 # A 0.x release: any minor may rework the protocol classes (the sans-I/O one is recent).
@@ -68,7 +75,11 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
     upgrade request and its response once the 101 is out (uvicorn keeps both as attributes,
     websockets' parser keeps the request, for the connection's life although nothing reads
     them), and swaps its event queue and back-pressure event for equivalents without deques.
+    It applies `limits` (app/realtime/server/limits.py): the slow-client rule, and a lingering
+    close after its own close frames; `with_limits` makes the class a process serves.
     """
+
+    limits = SocketLimits()
 
     # The last text frame serialised. A broadcast hands the same str to every local member in
     # turn, and a server's frames are unmasked: without compression the bytes on the wire are
@@ -83,6 +94,16 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
         self.writable = Flag()
         self.writable.set()
         self.plain = False  # no extension negotiated: frames can be written as framed once
+        self.conn = websockets_adapter.refusal_aware(self.conn)
+        self.slow_timer: asyncio.TimerHandle | None = None
+        self.backlog: collections.deque | None = None  # sent while writes were paused
+        self.shedding = False  # closed by the server itself: what the application sends is dropped
+        self.linger: CloseFrameWatch | None = None
+
+    @classmethod
+    def with_limits(cls, limits: SocketLimits) -> type["FanoutWebSocketProtocol"]:
+        """This protocol class applying `limits` (uvicorn takes a class, not an instance)."""
+        return type(cls.__name__, (cls,), {"limits": limits})
 
     @property
     def inbox(self) -> WaitQueue:
@@ -115,15 +136,16 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
     def write_text(self, text: str) -> bool:
         """Write a text frame now, without a coroutine; False when `send` must do it instead.
 
-        Only an open socket with no extension (permessage-deflate) and no write back-pressure
-        qualifies. Every other case (closing, paused by a slow reader, a compressor) is left to
-        uvicorn's `send`, its waiting and its errors.
+        Only an open socket with no extension (permessage-deflate), no write back-pressure and
+        no backlog qualifies. Every other case (closing, paused by a slow reader, a compressor)
+        is left to `send`, its backlog and uvicorn's errors.
         """
         if (
             self.conn.state is not OPEN
             or not self.plain
             or self.close_sent
             or not self.writable.is_set()
+            or self.backlog
             or self.transport.is_closing()
         ):
             return False
@@ -143,3 +165,154 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
         self.response = None
         self.plain = not websockets_adapter.negotiated_extensions(self.conn)
         super().start_keepalive()
+
+    # ------------------------------------------------------------------ the slow-client rule
+    def connection_made(self, transport) -> None:
+        """Take over the upgraded connection, pausing writes past the send buffer limit."""
+        super().connection_made(transport)
+        transport.set_write_buffer_limits(high=self.limits.send_buffer_bytes)
+
+    async def send(self, message) -> None:
+        """uvicorn's ASGI send, except that it never waits for a slow reader.
+
+        uvicorn's send waits while the write buffer is over its limit. Here a frame sent then
+        joins the socket's backlog, written in order as the client reads, and the slow-client
+        rule bounds how long that may last. Waiting would hold up the sender, and the channel
+        layer's reader runs fan-out handlers itself (RUN, app/realtime/consumers/delivery.py):
+        one client that stopped reading would stall delivery to every socket of the process.
+        Once the server has closed the socket itself (a slow client, a message over
+        WS_MAX_SIZE), whatever the application still sends is dropped: uvicorn would raise,
+        ending a consumer before its disconnect cleanup ran.
+        """
+        if self.shedding:
+            return
+        if (self.handshake_complete and not self.close_sent and not self.disconnected
+                and (self.backlog or not self.writable.is_set())):
+            if message["type"] == "websocket.send":
+                if self.backlog is None:
+                    self.backlog = collections.deque()
+                self.backlog.append(message)
+                return
+            if message["type"] == "websocket.close":
+                # The close goes out after every frame sent before it, without waiting.
+                while self.backlog:
+                    self._write_message(self.backlog.popleft())
+                self.backlog = None
+                self._close(message.get("code", 1000), message.get("reason") or "")
+                return
+        await super().send(message)
+
+    def _write_message(self, message) -> None:
+        """Write one websocket.send message now, as uvicorn's send would."""
+        if message.get("bytes") is not None:
+            self.conn.send_binary(message["bytes"])
+        else:
+            self.conn.send_text(message["text"].encode())
+        self.transport.write(b"".join(self.conn.data_to_send()))
+
+    def pause_writing(self) -> None:
+        """The write buffer is over the limit: the client has slow_client_seconds to catch up."""
+        super().pause_writing()
+        if self.slow_timer is None and not self.close_sent:
+            self.slow_timer = self.loop.call_later(self.limits.slow_client_seconds,
+                                                   self.close_slow_client)
+
+    def resume_writing(self) -> None:
+        """The client read the buffer down: write the backlog; caught up, it is not slow."""
+        super().resume_writing()
+        while self.backlog and self.writable.is_set() and not self.transport.is_closing():
+            self._write_message(self.backlog.popleft())
+        if not self.backlog:
+            self.backlog = None
+            if self.writable.is_set() and self.slow_timer is not None:
+                self.slow_timer.cancel()
+                self.slow_timer = None
+
+    def connection_lost(self, exc) -> None:
+        """The connection is gone: nothing more to time or to write."""
+        if self.slow_timer is not None:
+            self.slow_timer.cancel()
+            self.slow_timer = None
+        self.backlog = None
+        super().connection_lost(exc)
+
+    def close_slow_client(self) -> None:
+        """Close a client that has not caught up with its writes for slow_client_seconds.
+
+        The close frame goes after what the transport holds, so a client that reads again gets
+        those frames and then the code; the backlog is dropped (the client resumes from its
+        last `seq`). The client has linger_seconds to read and answer the close.
+        """
+        self.slow_timer = None
+        if self.close_sent or self.transport.is_closing():
+            return
+        self.shedding = True
+        self.backlog = None
+        self._close(SLOW_CLIENT, "slow client")
+
+    def _close(self, code: int, reason: str) -> None:
+        """uvicorn's websocket.close without waiting for room, then the lingering close."""
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.conn.send_close(code, reason)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.read_paused:  # the client's close frame must be read
+            self.read_paused = False
+            self.transport.resume_reading()
+        self._close_after_linger()
+
+    # ------------------------------------------------------------------ the lingering close
+    def handle_parser_exception(self) -> None:
+        """A message over WS_MAX_SIZE: send 1009 and linger; other failures as uvicorn does.
+
+        uvicorn closes the connection right after the close frame, while the client is still
+        sending the refused message: the kernel then resets the connection, and the reset can
+        reach the client before the close frame (RFC 6455 §7.1.1). Here the server keeps
+        reading, walking the client's frames, and closes once the client's close frame is in.
+        No half-close either: nginx ends an upgraded connection, and resets a client still
+        sending, as soon as the upstream's end of stream is relayed.
+        """
+        rest = websockets_adapter.oversized_frame_rest(self.conn)
+        if rest is None or self.close_sent:
+            super().handle_parser_exception()
+            return
+        close = self.conn.close_sent
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": int(close.code),
+                               "reason": close.reason})
+        # Joined, websockets' end-of-stream mark (b"") vanishes: no half-close (see above).
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.shedding = True  # the application may send before it reads its disconnect
+        skip, read_after = rest
+        self.linger = CloseFrameWatch(skip, self.limits.linger_bytes)
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self._close_after_linger()
+        if read_after:
+            self._discard(read_after)
+
+    def data_received(self, data: bytes) -> None:
+        """Frames for websockets' parser; after a 1009, bytes for the lingering close to discard."""
+        if self.linger is None:
+            super().data_received(data)
+        else:
+            self._discard(data)
+
+    def _discard(self, data: bytes) -> None:
+        if self.linger.feed(data) and not self.transport.is_closing():
+            if self.linger.close_received:
+                self.transport.close()  # the closing handshake is complete
+            else:
+                self.transport.abort()  # the byte budget is spent
+
+    def _close_after_linger(self) -> None:
+        """Cut the connection off linger_seconds from now unless the client closed it first."""
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+        self.close_timer = self.loop.call_later(self.limits.linger_seconds, self._linger_over)
+
+    def _linger_over(self) -> None:
+        self.close_timer = None
+        # Whatever is still buffered will never be read: close() would wait for it forever.
+        self.transport.abort()

@@ -19,7 +19,12 @@ from redis.exceptions import RedisError
 from app.realtime.adapters import channels as channels_adapter
 from app.realtime.adapters import django as django_adapter
 from app.realtime.consumers.delivery import QUEUE, RUN, WRITTEN, take_direct_socket
-from app.realtime.consumers.errors import ProtocolError, nul_field
+from app.realtime.consumers.errors import (
+    ProtocolError,
+    database_unavailable,
+    database_unreachable,
+    nul_field,
+)
 from app.realtime.consumers.registry import registry
 from app.realtime.layer.channel_layer import LayerUnavailable, ResilientRedisChannelLayer
 from app.realtime.layer.ratelimit import Rate
@@ -186,6 +191,14 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         except (LayerUnavailable, RedisError):
             await self.refuse(Close.UNAVAILABLE, "unavailable")
             return
+        except Exception as error:
+            if not database_unreachable(error):
+                raise
+            # The database is restarting or failing over: the same temporary refusal as
+            # Redis's, so clients back off and retry instead of reporting a server bug.
+            logger.warning("handshake refused, database unreachable: %s", error)
+            await self.refuse(Close.UNAVAILABLE, "database_unavailable")
+            return
         release_headers(self.scope)
         if self.accepted and not self.closing:
             # Only now does the process heartbeat see the socket: nothing it sends may come
@@ -268,7 +281,13 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             await self.send_error(
                 "unavailable", "the message service is briefly unavailable, retry", client_id
             )
-        except Exception:
+        except Exception as error:
+            if database_unreachable(error):
+                # The database is restarting or failing over: nothing was stored, retry.
+                logger.warning("database unreachable for %r: %s", kind, error)
+                problem = database_unavailable()
+                await self.send_error(problem.code, str(problem), client_id, **problem.extra)
+                return
             # A handler bug must cost one error frame, never the connection.
             logger.exception("handler for %r failed", kind)
             await self.send_error("internal", "the server could not process this", client_id)

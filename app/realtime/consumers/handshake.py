@@ -11,6 +11,7 @@ of SESSION_ENGINE, loaded again on first use) and `scope["user"]` (the user, or 
 refused origin gets channels' `WebsocketDenier` (HTTP 403), as before.
 """
 
+import logging
 from importlib import import_module
 from urllib.parse import urlparse
 
@@ -20,6 +21,20 @@ from django.conf import settings
 from django.http.cookie import parse_cookie
 
 from app.realtime.adapters import django as django_adapter
+from app.realtime.consumers.base import Close
+from app.realtime.consumers.errors import database_unreachable
+
+log = logging.getLogger(__name__)
+
+
+async def refuse_unavailable(receive, send) -> None:
+    """Accept the handshake, then close it with 4503: the client retries with backoff."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.close", "code": Close.UNAVAILABLE,
+                "reason": "database_unavailable"})
 
 
 class WebSocketAuth:
@@ -47,7 +62,15 @@ class WebSocketAuth:
         cookies = parse_cookie(cookie.decode("latin1")) if cookie is not None else {}
         scope = dict(scope, cookies=cookies)
         scope["session"] = session = self.session_store(cookies.get(settings.SESSION_COOKIE_NAME))
-        scope["user"] = await get_user(scope)
+        try:
+            scope["user"] = await get_user(scope)
+        except Exception as error:
+            if not database_unreachable(error):
+                raise
+            # A session or user the database could not give: refuse with the protocol's
+            # temporary close code (accepted first, so the client sees it), not an HTTP 500.
+            log.warning("handshake refused, database unreachable: %s", error)
+            return await refuse_unavailable(receive, send)
         # The session's data was needed for the user only; the socket keeps the store for its
         # life, so the loaded data is dropped and reloaded should anything read it again.
         django_adapter.drop_session_data(session)

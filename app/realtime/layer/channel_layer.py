@@ -13,7 +13,12 @@ things and nothing else about the wire format:
   ``LayerUnavailable`` so callers can report the failure instead of dying on it;
 * local group memberships are remembered and re-added on the new master when the layer
   recovers, or as soon as Sentinel names a new master, because the promoted replica may not
-  have the last writes of the dead master (an idle layer would otherwise never notice).
+  have the last writes of the dead master (an idle layer would otherwise never notice);
+* a write that a full Redis refuses (OOM: used memory over maxmemory, policy noeviction) is
+  not retried but raised at once as ``RedisFull`` and counted; once writes pass again the
+  memberships are all re-added, since they could not be refreshed meanwhile. (A group send is
+  not refused: its script's first write, a trim, needs no memory, and Redis lets a script that
+  has written run to its end. Live delivery goes on until the memberships expire.)
 """
 
 import asyncio
@@ -40,6 +45,15 @@ logger = logging.getLogger(__name__)
 
 class LayerUnavailable(Exception):
     """The channel layer could not reach Redis within its retry window."""
+
+
+class RedisFull(LayerUnavailable):
+    """Redis refused a write because it is full: used memory over maxmemory (noeviction).
+
+    Not retried: memory frees when keys expire or maxmemory is raised, minutes rather than a
+    failover's seconds. A LayerUnavailable, so every caller already answers it as the protocol
+    says (`unavailable`, close 4503, or `broadcast_failed` for a change already stored).
+    """
 
 
 class Mailbox(WaitQueue):
@@ -77,6 +91,8 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
         self._receivers: dict[str, FanoutReceiver] = {}
         self.local_groups: dict[str, set[str]] = collections.defaultdict(set)
         self.outage_started: float | None = None
+        # Set while Redis refuses our writes for lack of memory (see _after_refusals).
+        self.refused_since: float | None = None
         metrics.LAYER_AVAILABLE.set(1)
 
     # ------------------------------------------------------------------ outage bookkeeping
@@ -100,6 +116,10 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
             await self._write_local_groups()
         except TRANSIENT_ERRORS:
             return False
+        except redis_errors.OutOfMemoryError as error:
+            # Reachable but full (a promoted replica is as full as its master was): the
+            # outage is over, the memberships wait for memory (_after_refusals).
+            self._count_refusal("memberships", error)
         if self.outage_started is not started:
             return True  # another caller's probe ended this outage while ours ran
         outage = time.monotonic() - started
@@ -114,8 +134,46 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
         """True unless the layer is inside an outage window."""
         return self.outage_started is None
 
-    async def _retrying(self, operation, *args, counter=None):
-        """Run an operation, retrying transient Redis errors with backoff for retry_seconds."""
+    # ------------------------------------------------------------------ a full Redis
+    def _count_refusal(self, operation: str, error: BaseException) -> None:
+        """Count a write a full Redis refused; log once when the refusals begin."""
+        metrics.REDIS_OOM_REFUSALS.labels(operation).inc()
+        if self.refused_since is None:
+            self.refused_since = time.monotonic()
+            logger.warning("Redis is full and refuses the channel layer's writes: %s", error)
+
+    async def _after_refusals(self) -> None:
+        """A write that needs memory passed: re-add every local membership, ending the refusals.
+
+        Memberships could not be refreshed while Redis was full, so they may have aged out
+        (group_expiry); the heartbeat would bring them back one slot at a time, this brings
+        them all back at once. Only writes that Redis refuses when full (a membership's ZADD,
+        a send) call it: a group send passes even then.
+        """
+        started = self.refused_since
+        if started is None:
+            return
+        self.refused_since = None  # concurrent callers leave the re-adding to this one
+        try:
+            count = await self._write_local_groups()
+        except redis_errors.OutOfMemoryError:
+            # Full again already (memory freed for a moment): the next write tries again.
+            metrics.REDIS_OOM_REFUSALS.labels("memberships").inc()
+            self.refused_since = started
+            return
+        except TRANSIENT_ERRORS as error:
+            self.refused_since = started
+            self._mark_error(error)
+            return
+        metrics.GROUPS_REFRESHED.inc(count)
+        logger.warning("Redis takes the channel layer's writes again after %.1fs; "
+                       "%d memberships re-added", time.monotonic() - started, count)
+
+    async def _retrying(self, operation, *args, name: str, counter=None):
+        """Run an operation, retrying transient Redis errors with backoff for retry_seconds.
+
+        `name` labels the operation's OOM refusals, which are raised as RedisFull at once.
+        """
         def retrying(error):
             self._mark_error(error)
             if counter is not None:
@@ -128,6 +186,9 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
         except TRANSIENT_ERRORS as error:
             self._mark_error(error)
             raise LayerUnavailable(str(error)) from error
+        except redis_errors.OutOfMemoryError as error:
+            self._count_refusal(name, error)
+            raise RedisFull(str(error)) from error
         await self._recover()
         return result
 
@@ -143,7 +204,7 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
         """Wait for the next message of a channel; never raises on Redis errors."""
         if "!" not in channel:
             # Normal (non-process-local) channels keep the stock behaviour, with retries.
-            return await self._retrying(super().receive, channel)
+            return await self._retrying(super().receive, channel, name="receive")
         queue = self._queues.get(channel)
         if queue is None:
             queue = self._queues[channel] = Mailbox()
@@ -155,6 +216,16 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
             if queue.empty():
                 self._queues.pop(channel, None)
             raise
+
+    async def send(self, channel, message):
+        """Send to one channel (the canary's path); a full Redis's refusal raises RedisFull."""
+        try:
+            await super().send(channel, message)
+        except redis_errors.OutOfMemoryError as error:
+            self._count_refusal("send", error)
+            raise RedisFull(str(error)) from error
+        if self.refused_since is not None:
+            await self._after_refusals()
 
     async def stop_readers(self) -> None:
         """Cancel this process's reader tasks (tests, before their event loop closes)."""
@@ -255,6 +326,12 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
                 popped = await connection.bzmpop(self.brpop_timeout, 1, [key], min=True,
                                                  count=self.read_batch)
             except redis_errors.ResponseError as error:
+                if str(error).startswith("UNBLOCKED"):
+                    # The master this BZMPOP waited on was made a replica (a failover, a
+                    # healed partition, an operator's REPLICAOF): the inbox lives on the new
+                    # master now. As a ResponseError it would end the reader, and live
+                    # delivery for every socket of the process with it.
+                    raise redis_errors.ConnectionError(str(error)) from error
                 if "unknown command" not in str(error).lower():
                     raise
                 logger.warning("Redis has no BZMPOP (before 7.0): two round trips per read")
@@ -327,7 +404,9 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
         """Add a channel to a group, remembering local memberships for re-adding later."""
         if channel.startswith(f"specific.{self.client_prefix}!"):
             self.local_groups[group].add(channel)
-        await self._retrying(super().group_add, group, channel)
+        await self._retrying(super().group_add, group, channel, name="group_add")
+        if self.refused_since is not None:
+            await self._after_refusals()
 
     async def group_discard(self, group, channel):
         """Remove a channel from a group."""
@@ -336,7 +415,7 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
             members.discard(channel)
             if not members:
                 del self.local_groups[group]
-        await self._retrying(super().group_discard, group, channel)
+        await self._retrying(super().group_discard, group, channel, name="group_discard")
 
     async def refresh_local_groups(self, channels=None) -> None:
         """Re-add this process's memberships (of `channels` only, if given) in one pipeline.
@@ -349,7 +428,13 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
             # The next successful operation re-adds them again.
             self._mark_error(error)
             return
+        except redis_errors.OutOfMemoryError as error:
+            # The first refresh that passes re-adds them all (_after_refusals).
+            self._count_refusal("memberships", error)
+            return
         metrics.GROUPS_REFRESHED.inc(count)
+        if self.refused_since is not None:
+            await self._after_refusals()
 
     async def _write_local_groups(self, only=None) -> int:
         """ZADD local memberships (those of channels in `only`, if given), a pipeline per shard."""
@@ -377,10 +462,13 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
         return count
 
     async def group_send(self, group, message):
-        """Send to a group, retrying through a failover; raises LayerUnavailable after that."""
+        """Send to a group, retrying through a failover; raises LayerUnavailable after that.
+
+        A refusal by a full Redis would be raised at once, as RedisFull (a LayerUnavailable).
+        """
         started = time.monotonic()
         try:
-            await self._retrying(self._group_send_once, group, message,
+            await self._retrying(self._group_send_once, group, message, name="group_send",
                                  counter=metrics.GROUP_SEND_RETRIES)
         except LayerUnavailable:
             metrics.GROUP_SEND_FAILURES.inc()

@@ -10,8 +10,10 @@ import time
 
 from django.conf import settings
 from redis import asyncio as aioredis
+from redis import exceptions as redis_errors
 
 from app.realtime.layer.retrying import no_retry, retry_transient, sentinel_kwargs
+from app.realtime.ops import metrics
 
 
 def connect_redis(connection: dict) -> aioredis.Redis:
@@ -42,15 +44,22 @@ def connect_redis(connection: dict) -> aioredis.Redis:
     )
 
 
-def riding_failover(method):
+def riding_failover(operation: str):
     """Run a store method again on a transient Redis error, up to the store's retry_seconds.
 
-    The whole method runs again, so a pipeline is built afresh on the new master.
+    The whole method runs again, so a pipeline is built afresh on the new master. A write a
+    full Redis refuses (OOM) is not retried: it is counted under `operation` and raised.
     """
-    @functools.wraps(method)
-    async def run(self, *args):
-        return await retry_transient(method, self, *args, seconds=self.retry_seconds)
-    return run
+    def decorate(method):
+        @functools.wraps(method)
+        async def run(self, *args):
+            try:
+                return await retry_transient(method, self, *args, seconds=self.retry_seconds)
+            except redis_errors.OutOfMemoryError:
+                metrics.REDIS_OOM_REFUSALS.labels(operation).inc()
+                raise
+        return run
+    return decorate
 
 
 class RedisStore:
@@ -68,7 +77,7 @@ class RedisStore:
         """Build a namespaced key."""
         return ":".join([self.prefix, *map(str, parts)])
 
-    @riding_failover
+    @riding_failover("rate_limit")
     async def hit(self, key: str, window: float) -> int:
         """Count one event in a fixed window and return the count so far in that window."""
         bucket = int(time.time() // window)
@@ -78,7 +87,7 @@ class RedisStore:
         count = await self.client.eval(HIT_LUA, 1, self.key("rl", key, bucket), int(window) + 1)
         return int(count)
 
-    @riding_failover
+    @riding_failover("presence")
     async def presence_touch(self, scope: str, member: str, ttl: float) -> None:
         """Mark a member present in a scope until now + ttl."""
         key = self.key("presence", scope)
@@ -87,7 +96,7 @@ class RedisStore:
         pipe.expire(key, int(ttl) + 5)
         await pipe.execute()
 
-    @riding_failover
+    @riding_failover("presence")
     async def presence_touch_many(self, entries: list[tuple[str, str]], ttl: float) -> None:
         """Refresh several (scope, member) entries in one round trip."""
         pipe = self.client.pipeline(transaction=False)
@@ -98,12 +107,12 @@ class RedisStore:
             pipe.expire(key, int(ttl) + 5)
         await pipe.execute()
 
-    @riding_failover
+    @riding_failover("presence")
     async def presence_remove(self, scope: str, member: str) -> None:
         """Remove a member from a scope at once (clean disconnect)."""
         await self.client.zrem(self.key("presence", scope), member)
 
-    @riding_failover
+    @riding_failover("presence")
     async def presence_members(self, scope: str) -> list[str]:
         """List members whose entries have not expired, dropping the expired ones."""
         key = self.key("presence", scope)

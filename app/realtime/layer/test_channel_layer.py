@@ -226,6 +226,29 @@ async def test_reader_falls_back_without_bzmpop(redis_url, layers):
     assert await connection.exists(inbox) == 0
 
 
+async def test_reader_survives_its_master_being_made_a_replica(redis_url, layers):
+    """A BZMPOP answered UNBLOCKED (master turned replica) is a failover, not the reader's end."""
+    import redis.asyncio as aioredis
+
+    layer = layers({"address": redis_url}, retry_seconds=5)
+    channel = await layer.new_channel()
+    before = asyncio.ensure_future(layer.receive(channel))  # starts the reader: BZMPOP waits
+    await asyncio.sleep(0.3)
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        unblocked = metrics.LAYER_RECEIVE_ERRORS._value.get()
+        # A master with no one at that port: Redis answers every blocked client UNBLOCKED.
+        await admin.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+        await asyncio.sleep(0.3)
+        await admin.execute_command("REPLICAOF", "NO", "ONE")
+        assert metrics.LAYER_RECEIVE_ERRORS._value.get() > unblocked
+        await layer.send(channel, {"type": "after"})
+        assert (await asyncio.wait_for(before, 5))["type"] == "after"
+    finally:
+        await admin.execute_command("REPLICAOF", "NO", "ONE")
+        await admin.aclose()
+
+
 async def test_group_send_in_redis_writes_what_channels_redis_writes(redis_url, layers):
     """One script per send, and every inbox holds the body channels_redis itself would write."""
     ours = layers({"address": redis_url})

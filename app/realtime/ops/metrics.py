@@ -105,6 +105,16 @@ REDIS_MASTER = Info("chanfleet_redis_master", "The Redis master Sentinel names n
 MASTER_CHANGES = Counter(
     "chanfleet_redis_master_changes", "Times Sentinel named a new Redis master (failovers)."
 )
+REDIS_OOM_REFUSALS = Counter(
+    "chanfleet_redis_oom_refusals",
+    "Redis writes refused with OOM (used memory over maxmemory), by operation.",
+    ["operation"],
+)
+# Every operation's series starts at 0, so the alert's increase() sees the very first refusal.
+OOM_OPERATIONS = ("group_send", "group_add", "group_discard", "send", "receive", "memberships",
+                  "rate_limit", "presence")
+for _operation in OOM_OPERATIONS:
+    REDIS_OOM_REFUSALS.labels(_operation)
 
 # ---------------------------------------------------------------------------- drain
 DRAINING = Gauge("chanfleet_draining", "1 while this process drains.", multiprocess_mode="livemax")
@@ -125,6 +135,22 @@ CANARY_HEALTHY = Gauge(
     "chanfleet_canary_healthy", "1 while the canary succeeds within its threshold.",
     multiprocess_mode="livemin",
 )
+
+# ---------------------------------------------------------------------------- readiness
+DEPENDENCY_UP = Gauge(
+    "chanfleet_dependency_up",
+    "1 when the last /readyz check reached the shared dependency, 0 when it failed.",
+    ["dependency"], multiprocess_mode="livemin",
+)
+READY = Gauge(
+    "chanfleet_ready", "1 when the last /readyz answer was ready (200), 0 when 503.",
+    multiprocess_mode="livemin",
+)
+# 1 until a check says otherwise, as chanfleet_layer_available: a process nobody probes has
+# no outage to report, and the series exist from the start.
+for _dependency in ("database", "redis", "channel_layer"):
+    DEPENDENCY_UP.labels(_dependency).set(1)
+READY.set(1)
 
 # ---------------------------------------------------------------------------- http
 HTTP_REQUESTS = Counter(

@@ -21,6 +21,14 @@ def test_readyz_checks_database_redis_layer_and_drain():
         "database": True, "redis": True, "channel_layer": True, "not_draining": True}
 
 
+def test_readyz_says_why_it_is_ready_and_which_grace_applies(settings):
+    """The body names what blocks readiness (nothing), what fails (nothing) and the grace."""
+    settings.READINESS_DEPENDENCY_GRACE = 7
+    body = Client().get("/readyz").json()
+    assert (body["status"], body["blocking"], body["failing_for"]) == ("ready", [], {})
+    assert body["dependency_grace"] == 7
+
+
 def test_readyz_is_503_while_draining():
     """A draining process is not ready, so Kubernetes stops sending it traffic."""
     registry.draining = True
@@ -28,6 +36,7 @@ def test_readyz_is_503_while_draining():
         response = Client().get("/readyz")
         assert response.status_code == 503
         assert response.json()["checks"]["not_draining"] is False
+        assert response.json()["blocking"] == ["not_draining"]
     finally:
         registry.draining = False
 

@@ -8,7 +8,11 @@ protocol is app/realtime/adapters/uvicorn.py's; daphne stays available with `WS_
 (app/realtime/server/daphne_server.py).
 
 Environment (all optional): PORT, BIND, WS_PING_INTERVAL (20 s), WS_PING_TIMEOUT (30 s),
-WS_MAX_SIZE (1 MiB, larger messages are closed with 1009), WS_PER_MESSAGE_DEFLATE (0),
+WS_MAX_SIZE (1 MiB, larger messages are closed with 1009), WS_SEND_BUFFER_BYTES (64 KiB) and
+WS_SLOW_CLIENT_SECONDS (10 s: a client leaving more than that buffered for that long is closed
+with 4008), WS_CLOSE_LINGER_SECONDS (5 s) and WS_CLOSE_LINGER_BYTES (64 MiB: how long and how
+much the server reads after its close frame; app/realtime/server/limits.py),
+WS_PER_MESSAGE_DEFLATE (0),
 FORWARDED_ALLOW_IPS (addresses or CIDRs whose X-Forwarded-For is believed: nginx's; default
 127.0.0.1), WS_GRACEFUL_SHUTDOWN (10 s), INTERNAL_PORT (the loopback-only listener of the drain
 and status endpoints, app/realtime/ops/internal.py; none when unset).
@@ -23,6 +27,7 @@ import uvicorn
 
 from app.realtime.adapters.uvicorn import FanoutWebSocketProtocol
 from app.realtime.ops.internal import internal_port
+from app.realtime.server.limits import SocketLimits
 
 
 def _flag(name: str, default: str) -> bool:
@@ -35,7 +40,7 @@ def config() -> uvicorn.Config:
         "app.asgi:application",
         host=os.environ.get("BIND", "0.0.0.0"),
         port=int(os.environ.get("PORT", "8000")),
-        ws=FanoutWebSocketProtocol,
+        ws=FanoutWebSocketProtocol.with_limits(SocketLimits.from_environ()),
         # Deflate keeps a compressor per socket and compresses once per member per broadcast;
         # chat frames are small. Browsers offer it; declining is what daphne always did.
         ws_per_message_deflate=_flag("WS_PER_MESSAGE_DEFLATE", "0"),

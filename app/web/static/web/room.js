@@ -16,11 +16,13 @@ const ERRORS = {
   forbidden: () => "Only the author can change that message.",
   not_found: () => "That message no longer exists.",
   unavailable: () => "The service is briefly unavailable. Try again in a moment.",
+  database_unavailable: (f) =>
+    `The message could not be saved just now. Try again in ${Math.ceil(f.retry_after || 2)} s.`,
   broadcast_failed: () => "Saved, but the live update was delayed; it will appear shortly.",
   internal: () => "Something went wrong on the server.",
 };
 const RESTORE_ON = new Set(["rate_limited", "too_long", "empty_message", "blocked_content",
-  "unavailable", "internal"]);
+  "unavailable", "database_unavailable", "internal"]);
 
 const roomName = document.getElementById("room").dataset.room;
 const list = document.getElementById("messages");

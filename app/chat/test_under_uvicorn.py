@@ -127,3 +127,45 @@ async def test_a_room_event_that_races_the_close_is_dropped_and_the_disconnect_s
         assert registry.consumers == set()
         assert layer.local_groups == {}
         assert not await presence.is_online(alice.pk)
+
+
+async def test_a_consumer_ended_by_a_send_to_a_gone_client_still_cleans_up(
+        redis_layer, make_user, monkeypatch):
+    """uvicorn swallows ClientDisconnected out of the application: the cleanup runs anyway.
+
+    Without it the consumer stayed registered, its inbox kept receiving every broadcast of its
+    room and its membership was refreshed forever: memory that grew with the traffic.
+    """
+    from uvicorn.protocols.utils import ClientDisconnected
+
+    from app.chat import presence
+    from app.chat.consumers import ChatConsumer
+    from app.realtime.consumers.registry import registry
+
+    original = ChatConsumer.receive
+
+    async def receive(self, text_data=None, bytes_data=None):
+        if text_data == '{"type": "gone"}':
+            raise ClientDisconnected()  # what a send to a client already gone raises
+        return await original(self, text_data, bytes_data)
+
+    monkeypatch.setattr(ChatConsumer, "receive", receive)
+    alice = await make_user("alice")
+    async with chanfleet_server() as (server, url):
+        socket = await joined(f"{url}/ws/chat/lobby/", alice)
+        await socket.send(json.dumps({"type": "ping"}))
+        await next_of(socket, "pong")
+        (consumer,) = registry.consumers
+        layer = get_channel_layer()
+        await socket.send('{"type": "gone"}')
+        with pytest.raises(websockets.ConnectionClosed):
+            while True:
+                await asyncio.wait_for(socket.recv(), 5)
+        for _ in range(50):
+            if not registry.consumers:
+                break
+            await asyncio.sleep(0.1)
+        assert registry.consumers == set()
+        assert consumer.channel_name not in layer._queues
+        assert layer.local_groups == {}
+        assert not await presence.is_online(alice.pk)

@@ -101,6 +101,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         super().__init__(*args, **kwargs)
         self.accepted = False
         self.closing = False
+        self.finished = False  # the disconnect cleanup has run (websocket_disconnect)
         self.connected_at = 0.0
         self.last_activity = time.monotonic()
         self.bucket = FrameBucket(Rate.parse(settings.WS_FRAME_RATE))
@@ -125,15 +126,34 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         if socket is not None:
             self._write = socket.write_text
         layer = get_channel_layer(self.channel_layer_alias)
-        if socket is None or not isinstance(layer, ResilientRedisChannelLayer):
-            return await super().__call__(scope, receive, send)
-        channels_adapter.attach(self, scope, send, layer, await layer.new_channel())
-        layer.adopt_inbox(self.channel_name, socket.inbox)
         try:
-            while True:
-                await self.dispatch(await receive())
+            if socket is None or not isinstance(layer, ResilientRedisChannelLayer):
+                return await super().__call__(scope, receive, send)
+            channels_adapter.attach(self, scope, send, layer, await layer.new_channel())
+            layer.adopt_inbox(self.channel_name, socket.inbox)
+            try:
+                while True:
+                    await self.dispatch(await receive())
+            except StopConsumer:
+                pass
+        except Exception:
+            # A send to a client that is already gone raises out of a handler (uvicorn's
+            # ClientDisconnected, which uvicorn then swallows): the consumer would end without
+            # its disconnect, leaving its registration, inbox and memberships behind, still
+            # fed every broadcast of its rooms. Its cleanup runs here, as for a lost socket.
+            await self.cleanup_after_loss()
+            raise
+
+    async def cleanup_after_loss(self) -> None:
+        """Run the disconnect cleanup of a consumer that ended without its disconnect event."""
+        if self.finished or getattr(self, "channel_name", None) is None:
+            return
+        try:
+            await self.websocket_disconnect({"type": "websocket.disconnect", "code": 1006})
         except StopConsumer:
             pass
+        except Exception:
+            logger.exception("cleanup of %s after its socket was lost failed", self.channel_name)
 
     async def dispatch(self, message):
         """Route a message to its handler, skipping the DB hygiene hop where it is not needed."""
@@ -233,6 +253,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     async def websocket_disconnect(self, message):
         """Called when the socket closes: stop counting it, then run the subclass cleanup."""
+        self.finished = True
         code = message.get("code", 1005)
         registry.discard(self)
         if self.accepted:

@@ -240,6 +240,11 @@ CHAT_HISTORY_SIZE = int(env("CHAT_HISTORY_SIZE", "50"))
 CHAT_AUTO_CREATE_ROOMS = env_bool("CHAT_AUTO_CREATE_ROOMS", True)
 CONTENT_FILTER_WORDS = env_list("CONTENT_FILTER_WORDS", "")
 PRESENCE_TTL = float(env("PRESENCE_TTL", "60"))
+# The longest a handshake may use a cached user, room or access fact whose invalidation was
+# lost in a Redis failover (app/realtime/layer/generations.py).
+HANDSHAKE_FACTS_TTL = float(env("HANDSHAKE_FACTS_TTL", "30"))
+# How long Redis keeps a room's latest committed seq after its last event.
+ROOM_POSITION_TTL = float(env("ROOM_POSITION_TTL", "86400"))
 DRAIN_WINDOW = float(env("DRAIN_WINDOW", "10"))
 DRAIN_RETRY_MAX_MS = int(env("DRAIN_RETRY_MAX_MS", "3000"))
 # Between a socket's `reconnect` frame and its close 1012: frames the client sent before it

@@ -10,14 +10,18 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from app.realtime.consumers.base import Close, RealtimeConsumer, field
 from app.realtime.consumers.delivery import QUEUE, RUN, WRITTEN
 from app.realtime.consumers.errors import ProtocolError
+from app.realtime.consumers.registry import registry
 from app.realtime.layer.ratelimit import Rate, allow
+from app.realtime.layer.store import get_store
 from app.realtime.ops import metrics
 
 from . import gap_check, presence, services
+from .facts import handshake_facts
 from .models import Notification, UserStatus
 from .streams import notify_group, topic_group, user_group
 from .writer import writer
@@ -71,20 +75,24 @@ class ChatConsumer(RealtimeConsumer):
         allowed, _ = await allow(f"connect:{user.pk}", Rate.parse(settings.WS_CONNECT_RATE))
         if not allowed:
             return await self.refuse(Close.RATE_LIMITED, "rate_limited")
-        room, problem = await self._load_room(name)
+        # Presence is read once: for the size check, whether to announce the user and the
+        # user list.
+        room, problem, present, users = await handshake_facts.for_handshake(
+            name, user, settings.CHAT_AUTO_CREATE_ROOMS)
         if room is None:
             return await self.refuse(Close.NOT_FOUND, "not_found")
         if problem:
             return await self.refuse(Close.FORBIDDEN, problem)
-        users = await presence.room_user_ids(room.id)
-        if user.pk not in users and len(users) >= room.max_users:
+        if user.pk not in present and len(present) >= room.max_users:
             return await self.refuse(Close.FORBIDDEN, "room_full")
 
         self.room = room
         self.room_group = services.group_name(room.name)
         await self.channel_layer.group_add(self.room_group, self.channel_name)
         await self.accept()
-        first_connection = await presence.join(self.user.pk, room, self.channel_name)
+        # A user still present (another socket, or an old one of a killed or drained
+        # process whose entries have not expired) is not announced again.
+        first_connection = await presence.join(self.user.pk, room, self.channel_name, present)
 
         position, bad_position = self._resume_request()
         await self.send_frame({
@@ -98,23 +106,17 @@ class ChatConsumer(RealtimeConsumer):
         if bad_position:
             await self.send_error("invalid_field", "last_seq/last_id must be integers",
                                   field="last_seq")
-        await self.send_user_list()
+        await self.send_frame({"type": "user_list", "room": room.name, "users": users})
         if position is None:
             await self.send_history()
         else:
             await self.send_replay(*position)
         if first_connection:
+            status = next((u["status"] for u in users if u["user_id"] == user.pk), "online")
             await self.notice("user_joined", {
                 "message": f"{services.user_name(user)} joined the room",
-                "status": await presence.status_of(user.pk),
+                "status": status,
             })
-
-    @database_sync_to_async
-    def _load_room(self, name):
-        room = services.find_room(name, self.user, settings.CHAT_AUTO_CREATE_ROOMS)
-        if room is None:
-            return None, None
-        return room, services.access_problem(room, self.user)
 
     def _resume_request(self) -> tuple[tuple[str, int] | None, bool]:
         """Read ?last_seq=N (or ?last_id=<message id>) from the handshake; flag bad values."""
@@ -127,12 +129,6 @@ class ChatConsumer(RealtimeConsumer):
                     return None, True
                 return ((key, value), False) if value >= 0 else (None, True)
         return None, False
-
-    async def send_user_list(self):
-        """Send the users currently present in the room."""
-        ids = await presence.room_user_ids(self.room.id)
-        users = await presence.describe_users(ids)
-        await self.send_frame({"type": "user_list", "room": self.room.name, "users": users})
 
     async def send_history(self):
         """Send the latest messages as `message` frames, then `history_end` with the position."""
@@ -148,8 +144,24 @@ class ChatConsumer(RealtimeConsumer):
         return upto, services.recent_history(self.room, upto)
 
     async def send_replay(self, key: str, value: int):
-        """Replay every stored event after the client's position, then `resume_end`."""
-        frames, after = await self._replay(key, value)
+        """Replay every stored event after the client's position, then `resume_end`.
+
+        A client resuming at exactly the room's position as recorded in Redis (raised after
+        each commit, app/chat/writer.py) has missed nothing and gets `resume_end` without a
+        database read. That record may lag the database (a raise lost in a failover, or not
+        made yet): then events after the client's position exist that this path does not
+        send, and they are sent by the gap fill, in order and exactly once, as for a
+        broadcast Redis lost. `next_seq` is the client's position + 1, so the next live event
+        finds the gap and `room_event` fills it from the database first, and in a quiet room
+        the heartbeat's check against the database's latest seq (`heartbeat_many`) does. The
+        record never runs ahead of the database, so the fast path can never skip an event.
+        """
+        recorded = await self._recorded_position() if key == "last_seq" else None
+        if recorded is not None and value == recorded:
+            frames, after = [], value
+        else:
+            frames, after, upto = await self._replay(key, value)
+            await self._record_position(upto)
         metrics.RESUME_REPLAYS.inc()
         metrics.RESUME_MESSAGES.inc(len(frames))
         for frame in frames:
@@ -162,6 +174,18 @@ class ChatConsumer(RealtimeConsumer):
             "replayed": len(frames),
         })
 
+    async def _recorded_position(self) -> int | None:
+        try:
+            return await get_store().room_position(self.room.id)
+        except RedisError:
+            return None  # the database answers instead
+
+    async def _record_position(self, seq: int) -> None:
+        try:
+            await get_store().raise_room_positions({self.room.id: seq}, settings.ROOM_POSITION_TTL)
+        except RedisError:
+            pass  # the next resume reads the database again
+
     @database_sync_to_async
     def _replay(self, key: str, value: int):
         last_seq = value
@@ -169,7 +193,8 @@ class ChatConsumer(RealtimeConsumer):
             last_seq = services.seq_of_message(self.room.id, value) or 0
         upto = services.latest_seq(self.room.id)
         last_seq = min(last_seq, upto)
-        return services.events_between(self.room.id, last_seq, upto, limit=100_000), last_seq
+        events = services.events_between(self.room.id, last_seq, upto, limit=100_000)
+        return events, last_seq, upto
 
     # ------------------------------------------------------------------ disconnect
     async def disconnect(self, code):
@@ -177,7 +202,12 @@ class ChatConsumer(RealtimeConsumer):
         if self.room is None:
             return
         await self.channel_layer.group_discard(self.room_group, self.channel_name)
-        still_here = await presence.leave(self.user.pk, self.room, self.channel_name)
+        if registry.draining:
+            # The client was told to reconnect elsewhere: its presence entries expire unless
+            # it does, within PRESENCE_TTL, so the room sees no user_left and user_joined.
+            still_here = True
+        else:
+            still_here = await presence.leave(self.user.pk, self.room, self.channel_name)
         if not still_here:
             await self.notice("user_left", {
                 "message": f"{services.user_name(self.user)} left the room",

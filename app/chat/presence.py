@@ -4,14 +4,14 @@ A connection keeps three entries alive (refreshed by the process heartbeat):
 ``user:<id>`` -> channel, ``room:<room id>`` -> "<user id>:<channel>" and
 ``rooms:<user id>`` -> "<room name>|<channel>". A process that dies without running
 `disconnect` stops refreshing them, so its users drop out after PRESENCE_TTL seconds.
+A socket closed by a drain leaves its entries to expire the same way (app/chat/consumers.py):
+a user who reconnects within PRESENCE_TTL never looks absent, so the room hears no
+`user_left` and `user_joined` for what was only a move to another process.
 """
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 
 from app.realtime.layer.store import get_store
-
-from .models import UserStatus
 
 
 def entries(user_id: int, room, channel: str) -> list[tuple[str, str]]:
@@ -23,11 +23,15 @@ def entries(user_id: int, room, channel: str) -> list[tuple[str, str]]:
     ]
 
 
-async def join(user_id: int, room, channel: str) -> bool:
-    """Record a new chat connection; return whether it is the user's first in the room."""
-    first = user_id not in await room_user_ids(room.id)
+async def join(user_id: int, room, channel: str, present: set[int] | None = None) -> bool:
+    """Record a new chat connection; return whether it is the user's first in the room.
+
+    `present` is the room's users as the caller just read them (saves reading them again).
+    """
+    if present is None:
+        present = await room_user_ids(room.id)
     await get_store().presence_touch_many(entries(user_id, room, channel), settings.PRESENCE_TTL)
-    return first
+    return user_id not in present
 
 
 async def leave(user_id: int, room, channel: str) -> bool:
@@ -53,30 +57,3 @@ async def rooms_of(user_id: int) -> set[str]:
     """Names of the rooms the user is connected to."""
     members = await get_store().presence_members(f"rooms:{user_id}")
     return {m.split("|", 1)[0] for m in members}
-
-
-async def status_of(user_id: int) -> str:
-    """The status a user chose ("online" unless they picked another)."""
-    status = await UserStatus.objects.filter(user_id=user_id).values_list(
-        "status", flat=True).afirst()
-    return status or "online"
-
-
-async def describe_users(user_ids) -> list[dict]:
-    """Name and status of each user, for the `user_list` frame."""
-    ids = sorted(user_ids)
-    if not ids:
-        return []
-    names = {
-        u.pk: u.get_username()
-        async for u in get_user_model().objects.filter(pk__in=ids).only("id", "username")
-    }
-    statuses = {
-        s.user_id: s.status
-        async for s in UserStatus.objects.filter(user_id__in=ids).only("user_id", "status")
-    }
-    return [
-        {"user_id": uid, "user": names.get(uid, ""), "status": statuses.get(uid, "online")}
-        for uid in ids
-        if uid in names
-    ]

@@ -7,6 +7,8 @@ Each change and its RoomEvent commit in one transaction, before anything is broa
 
 import logging
 import re
+from datetime import datetime
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
@@ -42,15 +44,34 @@ def find_room(name: str, user, create: bool) -> ChatRoom | None:
     return room
 
 
+class Access(NamedTuple):
+    """A user's standing in a room as stored: a ban (and until when), membership."""
+
+    banned: bool
+    ban_expires_at: datetime | None
+    member: bool
+
+
+def access_of(room: ChatRoom, user) -> Access:
+    """Read the user's ban and membership in a room."""
+    ban = RoomBan.objects.filter(room=room, user=user).values_list("expires_at").first()
+    member = room.members.filter(pk=user.pk).exists()
+    return Access(ban is not None, ban[0] if ban else None, member)
+
+
+def access_verdict(room: ChatRoom, user, access: Access) -> str | None:
+    """Why a user may not join a room ("banned", "private"), or None, checking expiry now."""
+    if access.banned and (access.ban_expires_at is None
+                          or access.ban_expires_at > timezone.now()):
+        return "banned"
+    if room.is_private and not user.is_staff and not access.member:
+        return "private"
+    return None
+
+
 def access_problem(room: ChatRoom, user) -> str | None:
     """Why a user may not join a room ("banned", "private"), or None."""
-    ban = RoomBan.objects.filter(room=room, user=user).first()
-    if ban is not None and ban.is_active():
-        return "banned"
-    if room.is_private and not user.is_staff:
-        if not room.members.filter(pk=user.pk).exists():
-            return "private"
-    return None
+    return access_verdict(room, user, access_of(room, user))
 
 
 def user_name(user) -> str:

@@ -134,9 +134,9 @@ async def test_a_handshake_whose_user_the_database_cannot_give_is_closed_4503(
 
     alice = await make_user("alice")
 
-    async def get_user(scope):
+    async def user(session):
         raise refused
 
-    monkeypatch.setattr(handshake, "get_user", get_user)
+    monkeypatch.setattr(handshake.session_users, "user", user)
     client = await ws("/ws/chat/outage/", alice)
     assert await client.closed_with() == 4503

@@ -55,3 +55,52 @@ async def test_rooms_of_lists_the_rooms_a_user_is_in(ws, make_user):
     await join(ws, alice, "one")
     await join(ws, alice, "two")
     assert await presence.rooms_of(alice.pk) == {"one", "two"}
+
+
+async def notices(client) -> list[str]:
+    """The presence notices (user_joined, user_left) a client receives until it is quiet."""
+    kinds = []
+    while not await client.silent(0.3):
+        frame = await client.recv()
+        if frame["type"] in ("user_joined", "user_left"):
+            kinds.append(frame["type"])
+    return kinds
+
+
+async def pair_in_lobby(ws, make_user):
+    alice, bob = await make_user("alice"), await make_user("bob")
+    a = await join(ws, alice)
+    b = await join(ws, bob)
+    assert await notices(a) == ["user_joined"]
+    return a, b, bob
+
+
+async def test_a_user_back_from_a_drain_is_neither_announced_leaving_nor_joining(ws, make_user):
+    """A drained socket leaves its presence to expire; the user's return is no news."""
+    a, b, bob = await pair_in_lobby(ws, make_user)
+    registry.draining = True
+    try:
+        await b.close()  # the client leaves on `reconnect`, as clients do
+        assert await notices(a) == []
+    finally:
+        registry.draining = False
+    await join(ws, bob)  # on another process in real life; this one is not draining now
+    assert await notices(a) == []
+
+
+async def test_a_user_back_from_a_killed_process_is_not_announced_again(ws, make_user):
+    """The killed process's entries have not expired: the user never looked absent."""
+    a, b, bob = await pair_in_lobby(ws, make_user)
+    b.comm.future.cancel()  # kill -9: disconnect() never runs
+    registry.consumers.clear()  # nor does anything of that process refresh presence
+    await join(ws, bob)
+    assert await notices(a) == []
+
+
+async def test_a_user_who_really_left_is_announced_again_on_return(ws, make_user):
+    """Outside a drain, a clean close says user_left and the next join user_joined."""
+    a, b, bob = await pair_in_lobby(ws, make_user)
+    await b.close()
+    assert await notices(a) == ["user_left"]
+    await join(ws, bob)
+    assert await notices(a) == ["user_joined"]

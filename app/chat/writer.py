@@ -25,12 +25,17 @@ a change, if it was stored, still reaches them.
 """
 
 import asyncio
+import logging
 import weakref
 
 from channels.db import database_sync_to_async
+from django.conf import settings
 from django.db import transaction
 
+from app.realtime.layer.store import get_store
 from app.realtime.ops import metrics
+
+logger = logging.getLogger(__name__)
 
 
 def write_batch(changes: list[tuple]) -> list[tuple[bool, object]]:
@@ -59,6 +64,26 @@ def _room_id(change: tuple) -> int:
     """The id of the room a change locks (its first argument), for the batch's lock order."""
     _, args = change
     return getattr(args[0], "id", 0) if args else 0
+
+
+async def record_positions(batch: list[tuple], results: list[tuple[bool, object]]) -> None:
+    """Raise the rooms' positions recorded in Redis to the seqs this batch committed.
+
+    A resume at the recorded position is answered without reading the database
+    (ChatConsumer.send_replay). Done before the broadcasts, so a client rarely knows a seq
+    the record does not; a raise that fails is only a slower resume, never a lost event.
+    """
+    positions: dict[int, int] = {}
+    for (_, args, _), (ok, value) in zip(batch, results, strict=True):
+        if ok and isinstance(value, dict) and "seq" in value:
+            room_id = args[0].id  # every change takes the room first
+            positions[room_id] = max(value["seq"], positions.get(room_id, 0))
+    if not positions:
+        return
+    try:
+        await get_store().raise_room_positions(positions, settings.ROOM_POSITION_TTL)
+    except Exception:
+        logger.warning("room positions not recorded in Redis", exc_info=True)
 
 
 class Writer:
@@ -96,6 +121,7 @@ class Writer:
                 raise
             except Exception as error:
                 results = [(False, error)] * len(batch)
+            await record_positions(batch, results)
             for (*_, done), (ok, value) in zip(batch, results, strict=True):
                 if done.done():
                     continue  # the sender's task was cancelled (its socket closed)

@@ -1,7 +1,8 @@
 """Django's private API, as the WebSocket handshake and the consumer base use it.
 
 Relied on: `LazyObject._wrapped` and `django.utils.functional.empty` (`unwrap_lazy`), and a
-session store's `_session_cache`, where it keeps the loaded session data (`drop_session_data`).
+session store's `_session_cache`, where it keeps the loaded session data (`drop_session_data`,
+`set_session_data`).
 """
 
 from django.utils.functional import empty
@@ -24,3 +25,8 @@ def unwrap_lazy(value):
 def drop_session_data(session) -> None:
     """Forget a session store's loaded data; it is loaded again should anything read it."""
     session.__dict__.pop("_session_cache", None)
+
+
+def set_session_data(session, data: dict) -> None:
+    """Give a session store its data, read elsewhere, as if it had loaded it itself."""
+    session._session_cache = data

@@ -1,11 +1,16 @@
-"""django-redis's private API: a cache backend whose Redis client is one per process.
+"""django-redis's private API: a cache backend whose Redis client is one per process, and
+the Redis key and encoding of a cached session.
 
 Relied on, from `django_redis.cache.RedisCache`: the `_client` attribute behind its `client`
-property, and `_server`, `_params` and `_client_cls`, from which it builds that client.
+property, and `_server`, `_params` and `_client_cls`, from which it builds that client; from
+its client (`django_redis.client.DefaultClient` and subclasses): `make_key` and `decode`, the
+key a value is stored under and how a stored value is read back.
 """
 
 import threading
 
+from django.conf import settings
+from django.core.cache import caches
 from django_redis.cache import RedisCache
 
 PACKAGE = "django-redis"
@@ -37,3 +42,21 @@ class SharedClientRedisCache(RedisCache):
                     client = _clients[key] = self._client_cls(self._server, self._params, self)
             self._client = client
         return self._client
+
+
+def session_cache_key(session) -> str | None:
+    """The Redis key of a `cached_db` session's cached data, or None if not kept in django-redis.
+
+    Only for a session that has a key: reading one never creates a key.
+    """
+    if session.session_key is None or not hasattr(session, "cache_key"):
+        return None
+    cache = caches[settings.SESSION_CACHE_ALIAS]
+    if not isinstance(cache, RedisCache):
+        return None
+    return str(cache.client.make_key(session.cache_key))
+
+
+def decode_session(raw: bytes) -> dict:
+    """A cached session's data from the bytes django-redis stored."""
+    return caches[settings.SESSION_CACHE_ALIAS].client.decode(raw)

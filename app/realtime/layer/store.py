@@ -1,4 +1,5 @@
-"""Shared counters and presence kept in the same Sentinel-managed Redis as the channel layer.
+"""Shared counters, presence, cache generations and room positions, kept in the same
+Sentinel-managed Redis as the channel layer.
 
 `get_store()` returns a Redis-backed store when Redis is configured and an in-process one
 otherwise (for `make dev` and unit tests), so callers never branch on the deployment.
@@ -7,6 +8,7 @@ otherwise (for `make dev` and unit tests), so callers never branch on the deploy
 import asyncio
 import functools
 import time
+import uuid
 
 from django.conf import settings
 from redis import asyncio as aioredis
@@ -123,10 +125,57 @@ class RedisStore:
         _, members = await pipe.execute()
         return [m.decode() if isinstance(m, bytes) else m for m in members]
 
+    @riding_failover("generations")
+    async def generations(self, keys: list[str], ttl: float) -> list[str]:
+        """The current tokens of generation keys (app/realtime/layer/generations.py), one MGET.
+
+        A key not set yet (never bumped, expired, or lost) first gets a fresh token, so a
+        value cached under it can never match again once the key is gone.
+        """
+        if not keys:
+            return []
+        names = [self.key("gen", k) for k in keys]
+        values = await self.client.mget(names)
+        missing = [i for i, value in enumerate(values) if value is None]
+        if missing:
+            pipe = self.client.pipeline(transaction=False)
+            for i in missing:
+                pipe.set(names[i], uuid.uuid4().hex, nx=True, ex=int(ttl))
+                pipe.get(names[i])
+            answers = await pipe.execute()
+            for n, i in enumerate(missing):
+                values[i] = answers[2 * n + 1]
+        return [v.decode() if isinstance(v, bytes) else v for v in values]
+
+    async def room_position(self, room_id: int) -> int | None:
+        """The highest committed seq of a room recorded in Redis, or None when unknown.
+
+        Not retried: a caller that gets no answer reads the database instead.
+        """
+        value = await self.client.get(self.key("seq", room_id))
+        return int(value) if value is not None else None
+
+    async def raise_room_positions(self, positions: dict[int, int], ttl: float) -> None:
+        """Raise rooms' recorded positions to these seqs (never lowers one), one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for room_id, seq in positions.items():
+            pipe.eval(RAISE_LUA, 1, self.key("seq", room_id), int(seq), int(ttl))
+        await pipe.execute()
+
     async def ping(self) -> bool:
         """Check Redis answers."""
         return bool(await self.client.ping())
 
+
+# The recorded position only ever rises: writers of one room commit in seq order, but their
+# raises can reach Redis in any order.
+RAISE_LUA = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if tonumber(ARGV[1]) > current then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+end
+return 1
+"""
 
 HIT_LUA = """
 local count = redis.call('INCR', KEYS[1])
@@ -141,6 +190,8 @@ class MemoryStore:
     def __init__(self):
         self.counters: dict[str, int] = {}
         self.presence: dict[str, dict[str, float]] = {}
+        self.tokens: dict[str, str] = {}
+        self.positions: dict[int, int] = {}
 
     async def hit(self, key: str, window: float) -> int:
         """Count one event in a fixed window and return the count so far in that window."""
@@ -168,6 +219,23 @@ class MemoryStore:
         for member in [m for m, until in entries.items() if until <= now]:
             del entries[member]
         return list(entries)
+
+    async def generations(self, keys: list[str], ttl: float) -> list[str]:
+        """The current tokens of generation keys (a fresh one for a key not set yet)."""
+        return [self.tokens.setdefault(k, uuid.uuid4().hex) for k in keys]
+
+    def set_generations(self, tokens: dict[str, str]) -> None:
+        """Set generation tokens (called from sync code: signals after commit)."""
+        self.tokens.update(tokens)
+
+    async def room_position(self, room_id: int) -> int | None:
+        """The highest committed seq of a room recorded here, or None when unknown."""
+        return self.positions.get(room_id)
+
+    async def raise_room_positions(self, positions: dict[int, int], ttl: float) -> None:
+        """Raise rooms' recorded positions to these seqs (never lowers one)."""
+        for room_id, seq in positions.items():
+            self.positions[room_id] = max(seq, self.positions.get(room_id, -1))
 
     async def ping(self) -> bool:
         """Always reachable."""

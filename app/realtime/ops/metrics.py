@@ -112,7 +112,7 @@ REDIS_OOM_REFUSALS = Counter(
 )
 # Every operation's series starts at 0, so the alert's increase() sees the very first refusal.
 OOM_OPERATIONS = ("group_send", "group_add", "group_discard", "send", "receive", "memberships",
-                  "rate_limit", "presence")
+                  "rate_limit", "presence", "generations")
 for _operation in OOM_OPERATIONS:
     REDIS_OOM_REFUSALS.labels(_operation)
 

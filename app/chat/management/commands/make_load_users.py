@@ -4,6 +4,9 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import check_password, make_password
 from django.core.management.base import BaseCommand
 
+from app.realtime.consumers.handshake import user_key
+from app.realtime.layer.generations import bump_on_commit
+
 
 class Command(BaseCommand):
     """Create N users <prefix>0001.. sharing one password, hashed once for all of them."""
@@ -28,5 +31,10 @@ class Command(BaseCommand):
         )
         sample = next(iter(existing.values()), None)
         if sample is not None and not check_password(password, sample):
-            users.filter(username__in=list(existing)).update(password=hashed)
+            changed = users.filter(username__in=list(existing))
+            ids = list(changed.values_list("id", flat=True))
+            changed.update(password=hashed)
+            # .update() sends no post_save: the handshakes' cached users (their session
+            # auth hash comes from the password) are invalidated here.
+            bump_on_commit(*(user_key(uid) for uid in ids))
         self.stdout.write(f"{count - len(existing)} created, {len(existing)} existed")

@@ -76,6 +76,14 @@ rehearse-deploy: venv system-deps ## The chart in the local cluster: smoke, Redi
 rehearse-rollout: venv ## Drain and replace each WebSocket process mid-soak (the rolling deploy, locally)
 	$(PY) -m loadtest.run rollout
 
+# The reconnect-storm drill: how many clients, and whether one WebSocket process is killed or drained.
+CLIENTS ?= 10000
+MODE ?= kill
+
+.PHONY: rehearse-storm
+rehearse-storm: venv system-deps ## Kill -9 (or drain) one WebSocket process under N clients; prints resume p50/p99/last, refused, lost (CLIENTS=, MODE=kill|drain)
+	$(PY) -m loadtest.storm --clients $(CLIENTS) --mode $(MODE)
+
 # The fan-out benchmark: room sizes; DIAGNOSE=1 adds /proc counters and py-spy (not in the document).
 SIZES ?= 100,1000,5000
 DIAGNOSE ?=

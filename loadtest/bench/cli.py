@@ -63,6 +63,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     add("--p99-bound", type=float, default=d.p99_bound_ms,
         help="capacity: the highest step that lost nothing with p99 <= this (ms)")
     add("--connect-timeout", type=float, default=d.connect_timeout)
+    add("--resume-share", type=float, default=d.resume_share,
+        help="share of ours' sockets reopened with ?last_seq= to measure resuming "
+             "handshakes/s (0: skip)")
     add("--drain-timeout", type=float, default=d.drain_timeout)
     add("--settle-timeout", type=float, default=d.settle_timeout)
     add("--max-wait", type=float, default=d.max_wait,
@@ -91,6 +94,7 @@ def config_from(args: argparse.Namespace) -> Config:
         step_seconds=args.step_seconds, warm_seconds=args.warm_seconds,
         max_steps=args.max_steps, start_deliveries=args.start_deliveries, growth=args.growth,
         p99_bound_ms=args.p99_bound, connect_timeout=args.connect_timeout,
+        resume_share=args.resume_share,
         drain_timeout=args.drain_timeout, settle_timeout=args.settle_timeout,
         max_wait=args.max_wait, diagnose=args.diagnose, profile_seconds=args.profile_seconds,
         out_dir=args.json.parent, run_id=time.strftime("%m%d%H%M%S"),

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from loadtest.bench.wsclient import Client
 
 MARK = "bench|"
+RESUMED = '"resume_end"'  # ends a resuming connection's welcome (ours only)
 BUCKET = 10  # receive-time buckets per second
 
 
@@ -55,6 +56,8 @@ class _Conn:
     ws: Client | None = None
     last: int = -1
     ready: bool = False
+    seq: int | None = None  # the room position its welcome ended at (ours: history_end's seq)
+    welcomed: asyncio.Future | None = None  # set when `ready` becomes true
 
 
 @dataclass
@@ -81,6 +84,7 @@ class Worker:
         self.closed: collections.Counter = collections.Counter()
         self.counters: collections.Counter = collections.Counter()
         self.last_bucket = 0
+        self.parked: list[_Conn] = []  # closed by cmd_park, reopened by cmd_resume
 
     # ------------------------------------------------------------------ pipe
     async def serve(self) -> None:
@@ -174,6 +178,70 @@ class Worker:
         ready = sum(1 for c in self.conns.values() if c.ready)
         return {"ready": ready, "open": self._open_count(), "at": time.time()}
 
+    async def cmd_park(self, every: int, timeout: float) -> dict:
+        """Close every `every`-th non-sending connection that has a position, to resume later.
+
+        Closed before any reopens, so that the server's work for the closes (presence, groups)
+        is over before the resumes are timed (`cmd_resume`).
+        """
+        self.parked = [c for cid, c in self.conns.items()
+                       if not c.spec.sender and cid % every == 0 and _alive(c)
+                       and c.seq is not None]
+        semaphore = asyncio.Semaphore(200)
+
+        async def close(conn: _Conn) -> None:
+            async with semaphore:
+                conn.ws.on_close = lambda code: None  # a close the benchmark asked for
+                await conn.ws.aclose(timeout=5)
+
+        if self.parked:
+            await asyncio.wait_for(asyncio.gather(*(close(c) for c in self.parked)), timeout)
+        return {"parked": len(self.parked)}
+
+    async def cmd_resume(self, concurrency: int, timeout: float, deadline: float) -> dict:
+        """Reopen the parked connections with ?last_seq=; time them to the 101 and resume_end.
+
+        Nothing was sent meanwhile, so each resume has nothing to replay: the cheapest
+        handshake a reconnecting client makes, timed like the fresh ones.
+        """
+        chosen, self.parked = self.parked, []
+        semaphore = asyncio.Semaphore(concurrency)
+        errors: collections.Counter = collections.Counter()
+        opened_at: list[float] = []
+        ready_at: list[float] = []
+        loop = asyncio.get_running_loop()
+
+        async def again(conn: _Conn) -> None:
+            spec = conn.spec
+            conn.ready, conn.welcomed = False, loop.create_future()
+            separator = "&" if "?" in spec.url else "?"
+            async with semaphore:
+                try:
+                    conn.ws = await Client.connect(
+                        f"{spec.url}{separator}last_seq={conn.seq}", spec.headers, timeout,
+                        local_addr=(spec.local_host, 0) if spec.local_host else None,
+                        on_message=self._receiver(conn), on_close=self._closed)
+                except Exception as error:
+                    errors[_error_name(error)] += 1
+                    return
+                opened_at.append(time.time())
+            await asyncio.wait([conn.welcomed, conn.ws.closed], timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+            if conn.ready:
+                ready_at.append(time.time())
+
+        tasks = [asyncio.create_task(again(conn)) for conn in chosen]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=max(1.0, deadline - time.time()))
+            for task in pending:
+                task.cancel()
+            if pending:
+                errors["gave up (resume deadline)"] += len(pending)
+                await asyncio.wait(pending, timeout=5)
+        return {"chosen": len(chosen), "opened": len(opened_at), "ready": len(ready_at),
+                "errors": dict(errors), "last_open": max(opened_at, default=None),
+                "last_ready": max(ready_at, default=None)}
+
     def _open_count(self) -> int:
         return sum(1 for c in self.conns.values() if _alive(c))
 
@@ -204,8 +272,12 @@ class Worker:
                     values = latencies[phase] = array("f")
                 values.append((received - float(sent)) * 1000.0)
                 buckets[int(received * BUCKET)] += 1
-            elif marker is not None and not conn.ready and marker in text:
+            elif marker is not None and not conn.ready and (marker in text or RESUMED in text):
                 conn.ready = True
+                if '"seq"' in text:
+                    conn.seq = json.loads(text).get("seq")
+                if conn.welcomed is not None and not conn.welcomed.done():
+                    conn.welcomed.set_result(None)
             elif '"heartbeat"' in text:
                 frame = json.loads(text)
                 ws.send_text(json.dumps({"type": "pong", "ts": frame.get("ts")}))
@@ -346,13 +418,14 @@ def _worker_main(pipe) -> None:
 class Generator:
     """The orchestrator's handle on the worker processes (synchronous calls over pipes)."""
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, main=None):
+        """Start `workers` processes running `main(pipe)` (default: the benchmark's Worker)."""
         context = multiprocessing.get_context("spawn")
         self.pipes = []
         self.procs = []
         for _ in range(workers):
             parent, child = context.Pipe()
-            proc = context.Process(target=_worker_main, args=(child,), daemon=True)
+            proc = context.Process(target=main or _worker_main, args=(child,), daemon=True)
             proc.start()
             child.close()
             self.pipes.append(parent)
@@ -414,6 +487,34 @@ class Generator:
             "errors": dict(errors),
             "seconds": max(last - start_at, 1e-6),
             "rate": opened / max(last - start_at, 1e-6),
+        }
+
+    def park(self, every: int, timeout: float = 60) -> int:
+        """Close every `every`-th member socket to resume it later; how many were closed."""
+        answers = self.broadcast({"cmd": "park", "every": every, "timeout": timeout},
+                                 timeout + 15)
+        return sum(a["parked"] for a in answers)
+
+    def resume(self, concurrency: int, timeout: float, deadline: float) -> dict:
+        """Reopen the parked sockets resuming (`Worker.cmd_resume`); the figures."""
+        start = time.time()
+        answers = self.broadcast({"cmd": "resume",
+                                  "concurrency": max(1, concurrency // self.size),
+                                  "timeout": timeout, "deadline": start + deadline},
+                                 deadline + 30)
+        opened = sum(a["opened"] for a in answers)
+        ready = sum(a["ready"] for a in answers)
+        errors: collections.Counter = collections.Counter()
+        for answer in answers:
+            errors.update(answer["errors"])
+        last_open = max((a["last_open"] for a in answers if a["last_open"]), default=start)
+        last_ready = max((a["last_ready"] for a in answers if a["last_ready"]), default=start)
+        return {
+            "chosen": sum(a["chosen"] for a in answers), "opened": opened, "ready": ready,
+            "failed": sum(a["chosen"] for a in answers) - opened, "errors": dict(errors),
+            "seconds": max(last_open - start, 1e-6),
+            "rate": opened / max(last_open - start, 1e-6) if opened else None,
+            "ready_seconds": max(last_ready - start, 0.0),
         }
 
     def wait_ready(self, timeout: float) -> dict:

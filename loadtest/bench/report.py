@@ -26,6 +26,8 @@ FIGURES = (
     ("RTT p99 at comfortable load", ("comfort", "p99_ms")),
     ("best step", ("ramp", "best")),
 )
+# Figures only ours has (the others cannot resume a socket).
+OURS_FIGURES = (("resuming handshakes/s", ("connect", "resume", "rate")),)
 
 
 def get(result: dict | None, path: tuple[str, ...]):
@@ -46,6 +48,10 @@ def missing_figures(results: list[dict]) -> list[str]:
             none_arrived = (path[0] == "comfort" and result["system"] != "ours"
                             and get(result, ("comfort", "delivered")) == 0)
             if get(result, path) is None and not none_arrived:
+                gaps.append(f"{result['system']} x{result['size']}: {label}")
+        skipped = get(result, ("connect", "resume", "skipped"))  # --resume-share 0
+        for label, path in OURS_FIGURES if result["system"] == "ours" and not skipped else ():
+            if get(result, path) is None:
                 gaps.append(f"{result['system']} x{result['size']}: {label}")
     return gaps
 
@@ -127,10 +133,12 @@ def _ordered(results: list[dict]) -> list[dict]:
 
 
 def figures_table(results: list[dict]) -> str:
-    """One row per size and system: capacity, best step, comfortable RTT, memory, handshakes."""
+    """One row per size and system: capacity, best step, comfortable RTT, memory, handshakes
+    (fresh joins, and resumes with nothing missed where the system can resume)."""
     rows = ["| room size | system | capacity, deliveries/s | best step, deliveries/s (its p99) "
-            "| RTT p50 / p99 at comfortable load | KiB per idle socket | handshakes/s |",
-            "| ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+            "| RTT p50 / p99 at comfortable load | KiB per idle socket | handshakes/s "
+            "| resuming handshakes/s |",
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for result in _ordered(results):
         comfort = result.get("comfort", {})
         top = step(result, "best")
@@ -143,7 +151,8 @@ def figures_table(results: list[dict]) -> str:
             f"| {result['size']} | {result['system']} | {cap} "
             f"| {_bound(throughput(result, 'best'))} ({_ms(top and top.get('p99_ms'))}) "
             f"| {rtt} | {_num(get(result, ('memory', 'per_socket_kib')), 1)} "
-            f"| {_num(get(result, ('connect', 'rate')))} |")
+            f"| {_num(get(result, ('connect', 'rate')))} "
+            f"| {_num(get(result, ('connect', 'resume', 'rate')))} |")
     return "\n".join(rows)
 
 

@@ -2,7 +2,9 @@
 
 1. warm both WebSocket processes, read their RSS, open every socket through nginx and wait for
    each welcome: handshakes/s;
-2. wait until the processes are idle, read their RSS again: KiB per idle socket;
+2. wait until the processes are idle, read their RSS again: KiB per idle socket; then (ours,
+   the only system with resume) close a share of the sockets and reopen them with
+   `?last_seq=`, nothing missed: resuming handshakes/s, apart from the fresh joins';
 3. the ramp: the send rate grows step by step until the system saturates (`ramp.stop_reason`);
    the capacity is the highest step that lost nothing within the p99 bound, the best step the
    one with the most deliveries/s;
@@ -49,6 +51,7 @@ class Config:
     growth: float = 1.6
     p99_bound_ms: float = ramp.P99_BOUND_MS
     connect_timeout: float = 180.0
+    resume_share: float = 0.5  # of the sockets, reopened resuming after the fresh connect
     drain_timeout: float = 60.0
     settle_timeout: float = 60.0
     max_foreign_busy: float = 0.35  # wait while other work keeps this share of the CPUs busy
@@ -232,7 +235,24 @@ class Scenario:
                                  "per_socket_kib": per_socket,
                                  "settle_seconds": round(settled, 1)}
         self.log(f"  memory: {base} -> {after} KiB RSS = {per_socket:.1f} KiB/socket")
+        if getattr(system, "resumes", False):
+            connect["resume"] = (self.resume_sockets(len(specs)) if self.config.resume_share > 0
+                                 else {"skipped": True})
         return connect
+
+    def resume_sockets(self, count: int) -> dict:
+        """Reopen a share of the member sockets with ?last_seq= (nothing missed): resumes/s."""
+        cfg = self.config
+        every = max(1, round(1 / cfg.resume_share))
+        timeout = max(cfg.connect_timeout, count / every / 15)
+        self.generator.park(every)
+        settle(self.system, cfg.settle_timeout)  # the closes' work done before timing
+        resume = self.generator.resume(cfg.concurrency, 30, timeout + 60)
+        self.log(f"  resume: {resume['opened']}/{resume['chosen']} reopened with last_seq, "
+                 f"{resume['failed']} failed {resume['errors'] or ''} in "
+                 f"{resume['seconds']:.1f} s = {resume['rate'] or 0:.0f} resuming handshakes/s; "
+                 f"{resume['ready']} resumed after {resume['ready_seconds']:.1f} s")
+        return resume
 
     def open_sockets(self, specs: list[Spec], cookies: list[str]) -> tuple[int, dict]:
         """Warm up, read the base RSS, open every socket; return (base RSS, connect figures)."""

@@ -105,6 +105,7 @@ class System:
 
     name = "?"
     ready_marker: str | None = None
+    resumes = False  # whether a socket can come back with ?last_seq= (resume_end)
     nginx_port = 0
     ws_ports: list[int] = []
 
@@ -140,6 +141,7 @@ class Ours(System):
 
     name = "ours"
     ready_marker = '"history_end"'
+    resumes = True
 
     def __init__(self, state: Path, offset: int, ws_env: dict[str, str] | None = None):
         self.topology = Topology(state, ports=Ports().shifted(offset), env=dict(OURS_ENV),

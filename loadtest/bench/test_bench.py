@@ -177,7 +177,9 @@ def full_run(steps: int = 12) -> tuple[list[dict], dict]:
                           for i in range(steps)]
             results.append({
                 "system": system, "size": size, "rooms": rooms, "sockets": size * rooms,
-                "connect": {"rate": 150.0, "failed": 0}, "memory": {"per_socket_kib": 22.4},
+                "connect": {"rate": 150.0, "failed": 0,
+                            **({"resume": {"rate": 420.0}} if system == "ours" else {})},
+                "memory": {"per_socket_kib": 22.4},
                 "comfort": {"rate_per_room": 20.0, "offered": 20_000, "delivered": 10,
                             "expected": 10, "p50_ms": 5.2, "p99_ms": 25.8},
                 "ramp": {"stopped": "flat", "steps": ramp_steps,
@@ -211,6 +213,65 @@ def test_the_report_puts_the_figures_on_the_first_screen_and_stays_under_300_lin
                    "| 5000 | ceiling |", "ours/stock", "ours/ceiling", "targets met"):
         assert needle in first_screen, needle
     assert "## Decisions" in doc.read_text()  # the hand-written part survived
+
+
+def test_the_table_has_resuming_handshakes_for_ours_and_a_dash_for_the_others():
+    """Resumes with nothing missed are their own column; stock and the ceiling cannot resume."""
+    results, _ = full_run(steps=3)
+    table = report.figures_table(results)
+    assert "| handshakes/s | resuming handshakes/s |" in table
+    assert "| 150 | 420 |" in next(line for line in table.splitlines() if "| ours |" in line)
+    assert "| 150 | - |" in next(line for line in table.splitlines() if "| stock |" in line)
+
+
+def test_ours_without_a_resume_figure_is_a_gap_unless_it_was_skipped():
+    """A run of ours that measured no resume lacks a figure; --resume-share 0 does not."""
+    results, _ = full_run(steps=3)
+    ours = next(r for r in results if r["system"] == "ours")
+    ours["connect"]["resume"] = {"rate": None, "opened": 0}
+    assert report.missing_figures([ours]) == ["ours x100: resuming handshakes/s"]
+    ours["connect"]["resume"] = {"skipped": True}
+    assert report.missing_figures([ours]) == []
+
+
+def test_a_worker_reopens_sockets_resuming_from_their_welcome_position():
+    """cmd_park closes a member socket; cmd_resume reopens it with ?last_seq=<its position>."""
+    from websockets.asyncio.server import serve
+
+    paths = []
+
+    async def handler(ws):
+        path = ws.request.path
+        paths.append(path)
+        await ws.send('{"type":"connected"}')
+        if "last_seq=" in path:
+            await ws.send('{"type":"resume_end","room":"r","seq":7,"replayed":0}')
+        else:
+            await ws.send('{"type":"history_end","room":"r","seq":7}')
+        await ws.wait_closed()
+
+    async def main():
+        async with serve(handler, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            worker = Worker(multiprocessing.Pipe()[1])
+            specs = [Spec(cid, f"ws://127.0.0.1:{port}/ws/chat/r/", [], room=0,
+                          sender=cid == 0) for cid in range(4)]
+            opened = await worker.cmd_connect(specs, time.time(), concurrency=4, timeout=5,
+                                              retries=0, ready_marker='"history_end"',
+                                              deadline=time.time() + 10)
+            parked = await worker.cmd_park(every=2, timeout=5)
+            resumed = await worker.cmd_resume(concurrency=2, timeout=5,
+                                              deadline=time.time() + 10)
+            closed = dict(worker.closed)
+            await worker.close_all(5)
+            return opened, parked, resumed, closed
+
+    opened, parked, resumed, closed = asyncio.run(asyncio.wait_for(main(), 20))
+    assert opened["opened"] == 4
+    assert parked == {"parked": 1}
+    assert resumed["chosen"] == 1 and resumed["opened"] == 1 and resumed["ready"] == 1, resumed
+    assert paths.count("/ws/chat/r/?last_seq=7") == 1, paths
+    assert closed == {}  # the benchmark's own close is not an unexpected one
 
 
 def test_lower_bounds_leave_a_target_undecided():
@@ -432,6 +493,9 @@ def test_tiny_benchmark_reports_every_figure(tmp_path):
     assert report.missing_figures(scenarios) == []
     for result in scenarios:
         assert result["connect"]["opened"] == 40, result
+        if result["system"] == "ours":  # half the members reopened resuming, all back
+            resume = result["connect"]["resume"]
+            assert resume["opened"] == resume["ready"] == resume["chosen"] > 0, resume
         assert result["comfort"]["delivered"] > 0, result
         assert 0 < result["comfort"]["p99_ms"] <= result["comfort"]["max_ms"], result
         assert len(result["ramp"]["steps"]) == 2 and result["ramp"]["stopped"], result

@@ -28,6 +28,7 @@ from deploy.local.topology import Ports, Topology
 from deploy.processes.postgres import PostgresBinaryMissing, PostgresServer, find_bindir
 from tests.support.chat_client import ChatClient, login
 from tests.support.drills import assert_exactly_once_in_order, settle
+from tests.support.topologies import busy_ports, running
 
 pytestmark = [pytest.mark.topology, pytest.mark.timeout(420)]
 
@@ -60,12 +61,6 @@ def listening(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def ports_free(ports: Ports) -> bool:
-    """Whether no port of the plan is in use."""
-    flat = [p for v in vars(ports).values() for p in (v if isinstance(v, tuple) else (v,))]
-    return not any(listening(p) for p in flat)
-
-
 @pytest.fixture(scope="module")
 def postgres():
     """A PostgreSQL of this module's own on 127.0.0.1:POSTGRES_PORT."""
@@ -83,24 +78,14 @@ def postgres():
 def topology(postgres, tmp_path_factory):
     """The local topology on ports shifted by OFFSET, its database on the drill's server."""
     ports = Ports().shifted(OFFSET)
-    if not ports_free(ports):
-        pytest.fail(f"a port of the topology shifted by {OFFSET} is in use")
+    if busy_ports(ports):
+        pytest.fail(f"ports of the topology shifted by {OFFSET} are in use: {busy_ports(ports)}")
     with pytest.MonkeyPatch.context() as patch:
         # The topology makes its own database on the server DATABASE_URL names, and drops it.
         patch.setenv("DATABASE_URL", postgres.url)
-        top = Topology(tmp_path_factory.mktemp("outage") / "run", ports=ports, env=DRILL_ENV,
-                       monitoring=False)
-        try:
-            top.up(timeout=120)
-            names = ",".join(repr(u) for u in USERS)
-            top.manage("shell", "--no-imports", "-c", (
-                "from django.contrib.auth.models import User\n"
-                f"for name in [{names}]:\n"
-                "    u, _ = User.objects.get_or_create(username=name)\n"
-                "    u.set_password('chanfleet'); u.save()\n"))
+        with running(tmp_path_factory.mktemp("outage") / "run", ports, DRILL_ENV,
+                     USERS) as top:
             yield top
-        finally:
-            top.down()
 
 
 SESSIONS: dict[str, str] = {}

@@ -9,14 +9,14 @@ import http.client
 import json
 import re
 import signal
-import socket
 import time
 import urllib.parse
 from http.cookies import SimpleCookie
 
 import pytest
 
-from deploy.local.topology import Ports, Topology
+from deploy.local.topology import Ports
+from tests.support.topologies import busy_ports, running
 
 pytestmark = [pytest.mark.topology, pytest.mark.timeout(600)]
 
@@ -32,31 +32,15 @@ ENV = {
 }
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest.fixture(scope="module")
 def topology(tmp_path_factory):
     """The local topology on this test's own ports, with a strict throttle and a few users."""
     ports = Ports().shifted(PORT_OFFSET)
-    busy = [p for v in vars(ports).values() for p in (v if isinstance(v, tuple) else (v,))
-            if _listening(p)]
+    busy = busy_ports(ports)
     assert not busy, f"ports of the login-throttle topology are taken: {busy}"
-    top = Topology(tmp_path_factory.mktemp("login-throttle") / "run", ports=ports, env=ENV,
-                   monitoring=False)
-    try:
-        top.up(timeout=180)
-        names = ",".join(repr(u) for u in USERS)
-        top.manage("shell", "--no-imports", "-c", (
-            "from django.contrib.auth.models import User\n"
-            f"for name in [{names}]:\n"
-            "    u, _ = User.objects.get_or_create(username=name)\n"
-            f"    u.set_password({PASSWORD!r}); u.save()\n"))
+    with running(tmp_path_factory.mktemp("login-throttle") / "run", ports, ENV, USERS,
+                 timeout=180, password=PASSWORD) as top:
         yield top
-    finally:
-        top.down()
 
 
 class Browser:

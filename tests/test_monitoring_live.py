@@ -27,7 +27,6 @@ import pytest
 import redis
 import requests
 import websockets
-import yaml
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -148,21 +147,8 @@ def ws_instances(top: Topology) -> list[str]:
 
 
 def scrape_faster(top: Topology) -> None:
-    """Rewrite the topology's rendered prometheus.yml to a 1 s interval and reload (SIGHUP)."""
-    path = top.state / "prometheus.yml"
-    config = yaml.safe_load(path.read_text())
-    config["global"].update(scrape_interval=SCRAPE_INTERVAL, scrape_timeout=SCRAPE_INTERVAL,
-                            evaluation_interval=SCRAPE_INTERVAL)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    top.kill("prometheus", signal.SIGHUP)
-
-    def reloaded() -> bool:
-        url = f"{top.prometheus_url}/api/v1/status/config"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            loaded = yaml.safe_load(json.loads(response.read())["data"]["yaml"])
-        return loaded["global"]["scrape_interval"] == SCRAPE_INTERVAL
-
-    wait_until(reloaded, 20, "Prometheus reloads its configuration")
+    """Make the topology's Prometheus scrape and evaluate every SCRAPE_INTERVAL."""
+    live.scrape_every(top, SCRAPE_INTERVAL)
 
 
 def replica_online(top: Topology) -> bool:

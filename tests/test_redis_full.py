@@ -20,8 +20,6 @@ import asyncio
 import collections
 import json
 import re
-import signal
-import socket
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -30,13 +28,13 @@ import pytest
 import redis
 import requests
 import websockets
-import yaml
 
 from deploy.local.topology import Ports, Topology
 from monitoring.alerts_source import JOBS
 from tests.support import prometheus as live
 from tests.support.chat_client import ChatClient, login
 from tests.support.drills import assert_exactly_once_in_order, settle
+from tests.support.topologies import busy_ports, running
 
 pytestmark = [pytest.mark.topology, pytest.mark.timeout(300)]
 
@@ -117,12 +115,6 @@ class Sender:
 
 
 # ---------------------------------------------------------------------------- helpers
-def port_free(port: int) -> bool:
-    """Whether nothing listens on 127.0.0.1:port."""
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) != 0
-
-
 def ws_metrics(top: Topology) -> str:
     """The /metrics text of every WebSocket process."""
     bodies = []
@@ -149,22 +141,8 @@ def gap_filled(top: Topology) -> float:
 
 
 def scrape_faster(top: Topology) -> None:
-    """Make the topology's Prometheus scrape and evaluate every second (SIGHUP reload)."""
-    path = top.state / "prometheus.yml"
-    config = yaml.safe_load(path.read_text())
-    config["global"].update(scrape_interval=SCRAPE_INTERVAL, scrape_timeout=SCRAPE_INTERVAL,
-                            evaluation_interval=SCRAPE_INTERVAL)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    top.kill("prometheus", signal.SIGHUP)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        url = f"{top.prometheus_url}/api/v1/status/config"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            loaded = yaml.safe_load(json.loads(response.read())["data"]["yaml"])
-        if loaded["global"]["scrape_interval"] == SCRAPE_INTERVAL:
-            return
-        time.sleep(0.2)
-    raise AssertionError("Prometheus did not reload its configuration")
+    """Make the topology's Prometheus scrape and evaluate every SCRAPE_INTERVAL."""
+    live.scrape_every(top, SCRAPE_INTERVAL)
 
 
 def alert_state(top: Topology, name: str) -> str | None:
@@ -278,25 +256,14 @@ def live_for_good_after(senders: list[Sender], moment: float, until: float) -> f
 def topology(tmp_path_factory):
     """The local topology with monitoring, on ports shifted by 14000, and the drill's users."""
     ports = Ports().shifted(OFFSET)
-    flat = [p for v in vars(ports).values() for p in (v if isinstance(v, tuple) else (v,))]
-    busy = [p for p in flat if not port_free(p)]
+    busy = busy_ports(ports)
     if busy:
         pytest.fail(f"ports of the offset {OFFSET} plan are in use: {busy}")
-    top = Topology(tmp_path_factory.mktemp("redis-full") / "run", ports=ports, env=ENV,
-                   monitoring=True)
-    try:
-        top.up(timeout=120)
-        names = ",".join(repr(u) for u in USERS)
-        top.manage("shell", "--no-imports", "-c", (
-            "from django.contrib.auth.models import User\n"
-            f"for name in [{names}]:\n"
-            "    u, _ = User.objects.get_or_create(username=name)\n"
-            "    u.set_password('chanfleet'); u.save()\n"))
+    with running(tmp_path_factory.mktemp("redis-full") / "run", ports, ENV, USERS,
+                 monitoring=True) as top:
         scrape_faster(top)
         live.wait_for_targets_up(top.prometheus_url, list(JOBS.values()), timeout=60)
         yield top
-    finally:
-        top.down()
 
 
 # ---------------------------------------------------------------------------- the drill

@@ -8,7 +8,6 @@ import asyncio
 import json
 import re
 import signal
-import socket
 import time
 import urllib.request
 
@@ -16,9 +15,10 @@ import pytest
 import redis
 import websockets
 
-from deploy.local.topology import Ports, Topology
+from deploy.local.topology import Ports
 from tests.support.chat_client import ChatClient, login
 from tests.support.drills import Sender, assert_exactly_once_in_order, settle
+from tests.support.topologies import busy_ports, running
 
 pytestmark = [pytest.mark.topology, pytest.mark.timeout(300)]
 
@@ -35,34 +35,13 @@ DRILL_ENV = {
 }
 
 
-def _free(ports: Ports) -> bool:
-    flat = [p for v in vars(ports).values() for p in (v if isinstance(v, tuple) else (v,))]
-    return all(free_port_is(p) for p in flat)
-
-
-def free_port_is(port: int) -> bool:
-    """Whether nothing listens on 127.0.0.1:port."""
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) != 0
-
-
 @pytest.fixture(scope="module")
 def topology(tmp_path_factory):
     """The local topology on shifted ports, with drill timings and 40 users."""
-    ports = next(Ports().shifted(o) for o in (1000, 1500, 5000) if _free(Ports().shifted(o)))
-    top = Topology(tmp_path_factory.mktemp("topology") / "run", ports=ports, env=DRILL_ENV,
-                   monitoring=False)
-    try:
-        top.up(timeout=120)
-        names = ",".join(repr(u) for u in USERS)
-        top.manage("shell", "--no-imports", "-c", (
-            "from django.contrib.auth.models import User\n"
-            f"for name in [{names}]:\n"
-            "    u, _ = User.objects.get_or_create(username=name)\n"
-            "    u.set_password('chanfleet'); u.save()\n"))
+    ports = next(Ports().shifted(o) for o in (1000, 1500, 5000)
+                 if not busy_ports(Ports().shifted(o)))
+    with running(tmp_path_factory.mktemp("topology") / "run", ports, DRILL_ENV, USERS) as top:
         yield top
-    finally:
-        top.down()
 
 
 SESSIONS: dict[str, str] = {}

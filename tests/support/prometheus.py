@@ -199,3 +199,24 @@ def alert_expressions(path: str | os.PathLike = ALERTS_FILE) -> list[tuple[str, 
         for rule in group["rules"]
         if "alert" in rule
     ]
+
+
+def scrape_every(top, interval: str) -> None:
+    """Make a running topology's Prometheus scrape and evaluate every `interval` (SIGHUP)."""
+    import signal
+
+    path = top.state / "prometheus.yml"
+    config = yaml.safe_load(path.read_text())
+    config["global"].update(scrape_interval=interval, scrape_timeout=interval,
+                            evaluation_interval=interval)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    top.kill("prometheus", signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        loaded = yaml.safe_load(_get_json(f"{top.prometheus_url}/api/v1/status/config",
+                                          timeout=5)["data"]["yaml"])
+        if loaded["global"]["scrape_interval"] == interval:
+            return
+        time.sleep(0.2)
+    raise AssertionError("Prometheus did not reload its configuration")
+

@@ -294,6 +294,9 @@ async def test_redis_full_drill_drops_no_socket_loses_nothing_alerts_and_recover
         fired_at = await until(
             lambda: alert_state(top, "ChanfleetRedisRefusingWrites") == "firing", 30,
             "ChanfleetRedisRefusingWrites fires")
+        # Its own scrape of the exporter may come a second or two after the refusals' alert.
+        await until(lambda: alert_state(top, "ChanfleetRedisMemoryNearLimit") is not None, 10,
+                    "ChanfleetRedisMemoryNearLimit is pending")
         near_limit = await asyncio.to_thread(alert_state, top, "ChanfleetRedisMemoryNearLimit")
         expired_at = await until(lambda: not master.full(), FILLER_TTL + 15,
                                  "the filler keys expire and Redis has memory again")

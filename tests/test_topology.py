@@ -69,7 +69,8 @@ def gap_fills(top) -> float:
 async def test_clients_on_two_processes_see_each_others_messages_typing_and_reactions(topology):
     """Through nginx, users on different WebSocket processes talk as if on one."""
     room = "routing"
-    clients = [client(topology, u, room) for u in USERS[:8]]
+    # Sixteen sessions: eight were now and then all hashed onto the same process.
+    clients = [client(topology, u, room) for u in USERS[:16]]
     await asyncio.gather(*(c.start() for c in clients))
     try:
         by_node = {}

@@ -24,11 +24,10 @@ from collections import Counter
 
 import requests
 
-from loadtest.bench.generator import Generator
+from loadtest.bench.generator import Generator, Spec
 from loadtest.bench.runner import settle
 
 from . import report, tracking
-from .worker import ClientSpec
 from .worker import main as worker_main
 
 
@@ -60,7 +59,7 @@ class Config:
 
 
 def build_specs(config: Config, ws_url: str, headers, cookies: list[str],
-                workers: int) -> list[ClientSpec]:
+                workers: int) -> list[Spec]:
     """One spec per client; room r's first client is its sender, each room spread over workers."""
     specs = []
     per_room = -(-config.clients // config.rooms)
@@ -70,7 +69,7 @@ def build_specs(config: Config, ws_url: str, headers, cookies: list[str],
         # sockets all land on one process and rooms span both processes.
         cookie = cookies[(room + member) % len(cookies)]
         local = f"127.0.0.{2 + cid % config.source_addrs}" if config.source_addrs else None
-        specs.append(ClientSpec(
+        specs.append(Spec(
             cid=cid, url=f"{ws_url}/ws/chat/storm-{config.run_id}-{room}/",
             headers=headers(cookie), room=room, sender=member == 0, local_host=local,
             worker=cid % workers))
@@ -140,10 +139,10 @@ class Drill:
         return self.result
 
     # ------------------------------------------------------------------ phases
-    def fresh_phase(self, specs: list[ClientSpec]) -> None:
+    def fresh_phase(self, specs: list[Spec]) -> None:
         """Every client joins once: fresh joins/s."""
         cfg, gen = self.config, self.generator
-        shares: list[list[ClientSpec]] = [[] for _ in range(gen.size)]
+        shares: list[list[Spec]] = [[] for _ in range(gen.size)]
         for spec in specs:
             shares[spec.worker].append(spec)
         start = time.time()

@@ -206,11 +206,12 @@ def test_events_missing_for_a_client_still_away_are_pending_not_lost():
     import multiprocessing
     from types import SimpleNamespace
 
-    from loadtest.storm.worker import ClientSpec, StormClient, StormWorker
+    from loadtest.bench.generator import Spec
+    from loadtest.storm.worker import StormClient, StormWorker
 
     worker = StormWorker(multiprocessing.Pipe()[1])
     for cid, connected in ((1, True), (2, False)):
-        client = StormClient(ClientSpec(cid, "ws://x/", [], room=0))
+        client = StormClient(Spec(cid, "ws://x/", [], room=0))
         client.track.joined(0)
         client.track.event(1)
         client.ws, client.welcomed = SimpleNamespace(open=connected), True

@@ -16,7 +16,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from loadtest.bench.generator import Worker, raise_nofile
+from loadtest.bench.generator import Spec, Worker, raise_nofile
 from loadtest.bench.wsclient import Client
 
 from .tracking import SeqTrack, outcome_of, reconnect_delay
@@ -25,23 +25,10 @@ SEQ_EVENTS = frozenset({"message", "message_edited", "message_deleted", "reactio
 
 
 @dataclass
-class ClientSpec:
-    """One client: its room URL (no query), handshake headers, room index, role, source."""
-
-    cid: int
-    url: str
-    headers: list[tuple[str, str]]
-    room: int
-    sender: bool = False
-    local_host: str | None = None
-    worker: int = 0
-
-
-@dataclass
 class StormClient:
     """One client's state over its connections."""
 
-    spec: ClientSpec
+    spec: Spec
     track: SeqTrack = field(default_factory=SeqTrack)
     ws: Client | None = None
     node: str = ""
@@ -87,7 +74,7 @@ class StormWorker(Worker):
         self.parked: list[StormClient] = []  # closed by cmd_park, back with cmd_reopen
 
     # ------------------------------------------------------------------ connecting
-    async def cmd_start(self, specs: list[ClientSpec], concurrency: int,
+    async def cmd_start(self, specs: list[Spec], concurrency: int,
                         handshake_timeout: float, deadline: float) -> dict:
         """Start every client (at most `concurrency` handshakes at once); wait for their joins."""
         self.handshake_timeout = handshake_timeout

@@ -317,6 +317,25 @@ histogram_quantile(0.99,
             "{{ $value | humanizeDuration }} (above 1s) for 10 minutes."
         ),
     ),
+    Alert(
+        group="chanfleet-http",
+        name="ChanfleetLoginGuessing",
+        # A person mistyping a password rarely reaches a lock; ten locks in a quarter of an
+        # hour are someone guessing, or a client retrying a wrong stored password.
+        expr=(
+            "sum by (job) "
+            f"(increase(chanfleet_login_locks_total{{{S['http']}}}[15m])) >= 10"
+        ),
+        for_="0m",
+        severity="warning",
+        summary="Failed logins keep locking user names or addresses: password guessing.",
+        description=(
+            "The login throttle of job {{ $labels.job }} started {{ $value | humanize }} "
+            "locks in the last 15 minutes. Locked attempts are answered 429 without their "
+            "password being checked; the owners of the user names can still log in from "
+            "addresses that have not failed."
+        ),
+    ),
     # ------------------------------------------------------------------ redis
     Alert(
         group="chanfleet-redis",

@@ -12,6 +12,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from app.realtime.adapters import uvicorn as uvicorn_adapter
 from app.realtime.consumers.base import Close, RealtimeConsumer, field
 from app.realtime.consumers.delivery import QUEUE, RUN, WRITTEN
 from app.realtime.consumers.errors import ProtocolError
@@ -413,6 +414,8 @@ class ChatConsumer(RealtimeConsumer):
         for consumer in live:
             try:
                 await consumer.catch_up(latest.get(consumer.room.id))
+            except uvicorn_adapter.CLIENT_GONE:
+                logger.debug("gap check of %s: the client is gone", consumer.channel_name)
             except Exception:
                 logger.exception("gap check of %s failed", consumer.channel_name)
 

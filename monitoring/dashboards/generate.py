@@ -324,6 +324,17 @@ def overview() -> dict:
                       [(f"({rate('chanfleet_http_requests_total', HTTP_5XX)} or vector(0)) / "
                         f"{rate('chanfleet_http_requests_total', HTTP)}", "5xx ratio")],
                       unit="percentunit"),
+                graph("Logins, refusals and locks",
+                      "Login attempts per second by outcome, attempts refused by the throttle "
+                      "by scope, locks started by scope, and attempts counted in their own "
+                      "process because Redis could not count them.",
+                      [(rate("chanfleet_login_attempts_total", HTTP, "outcome"), "{{outcome}}"),
+                       (rate("chanfleet_login_refusals_total", HTTP, "scope"),
+                        "refused: {{scope}}"),
+                       (rate("chanfleet_login_locks_total", HTTP, "scope"), "locked: {{scope}}"),
+                       (rate("chanfleet_login_counted_locally_total", HTTP),
+                        "counted locally")],
+                      unit="ops"),
                 graph("nginx active connections",
                       "Client connections open at nginx (stub_status), WebSockets included.",
                       [(f"sum by (instance) (nginx_connections_active{{{NGINX}}})",

@@ -15,6 +15,7 @@ waits on `writable` only after the handshake; and that its `send` sends every me
 import asyncio
 import collections
 
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import OPEN
 
@@ -26,6 +27,8 @@ from app.realtime.server.lingering import CloseFrameWatch
 PACKAGE = "uvicorn"
 # A 0.x release: any minor may rework the protocol classes (the sans-I/O one is recent).
 SUPPORTED = ">=0.54,<0.55"
+# What a send to a socket the client has already closed raises.
+CLIENT_GONE = (ClientDisconnected,)
 
 
 class Flag:

@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 
 from app.realtime.adapters import channels as channels_adapter
 from app.realtime.adapters import django as django_adapter
+from app.realtime.adapters import uvicorn as uvicorn_adapter
 from app.realtime.consumers.delivery import QUEUE, RUN, WRITTEN, take_direct_socket
 from app.realtime.consumers.errors import (
     ProtocolError,
@@ -405,6 +406,10 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         for consumer in consumers:
             try:
                 await consumer.on_heartbeat()
+            except uvicorn_adapter.CLIENT_GONE:
+                # Closed since the last beat: its disconnect event, already on its way,
+                # cleans up; nothing failed.
+                logger.debug("heartbeat of %s: the client is gone", consumer.channel_name)
             except Exception:
                 logger.exception("heartbeat of %s failed", consumer.channel_name)
 

@@ -70,3 +70,21 @@ async def test_beat_without_a_slot_beats_everyone_at_once():
         registry.add(consumer)
     await registry.beat()
     assert [set(p) for p in Beaten.portions] == [set(consumers)]
+
+
+async def test_a_heartbeat_to_a_client_gone_since_the_last_beat_is_no_error(caplog):
+    """uvicorn's send raises for a socket closed meanwhile; its disconnect cleans up, quietly."""
+    from uvicorn.protocols.utils import ClientDisconnected
+
+    from app.realtime.consumers.base import RealtimeConsumer
+
+    async def closed_send(message):
+        raise ClientDisconnected()  # what uvicorn's send does once the client has gone
+
+    consumer = RealtimeConsumer()
+    consumer.channel_name = "test.gone!1"
+    consumer._send = closed_send
+    with caplog.at_level("DEBUG", logger="app.realtime.consumers.base"):
+        await RealtimeConsumer.heartbeat_many([consumer])
+    assert [r.levelname for r in caplog.records] == ["DEBUG"]
+    assert "the client is gone" in caplog.records[0].getMessage()

@@ -21,8 +21,10 @@ against the failures a subject has left, so parallel guesses cannot overshoot th
 their password hashes are being computed.
 
 Redis does each step in one Lua script, on the server's clock, so every process sees the same
-counts. When Redis cannot be reached for longer than a failover takes, counting falls back to
-this process (`LOCAL`): logins go on, still throttled, each process counting alone.
+counts. Each script deletes before it writes, and Redis lets a script that has written finish,
+so a full Redis (maxmemory reached) still counts. When Redis cannot be reached for longer than a
+failover takes, or refuses a script, counting falls back to this process (`LOCAL`): logins go
+on, still throttled, each process counting alone (`chanfleet_login_counted_locally`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from redis import exceptions as redis_errors
 
 from app.realtime.layer.retrying import TRANSIENT_ERRORS, retry_transient
 from app.realtime.layer.store import RedisStore, get_store
+from app.realtime.ops import metrics
 
 log = logging.getLogger(__name__)
 
@@ -355,22 +358,38 @@ async def begin(username: str, address: str) -> Attempt | Refusal:
     policy = Policy.from_settings()
     user, where, token = user_key(username), address_key(address), secrets.token_hex(8)
     throttle = get_throttle()
+    started = None
     if throttle is not LOCAL:
         try:
             refusal = await throttle.begin(user, where, token, policy)
         except UNREACHABLE as error:
-            log.warning("login throttle: Redis unreachable (%r); counting in this process", error)
+            _counting_locally(error)
         else:
-            return refusal or Attempt(user, where, token, policy, local=False)
-    refusal = await LOCAL.begin(user, where, token, policy)
-    return refusal or Attempt(user, where, token, policy, local=True)
+            started = refusal or Attempt(user, where, token, policy, local=False)
+    if started is None:
+        refusal = await LOCAL.begin(user, where, token, policy)
+        started = refusal or Attempt(user, where, token, policy, local=True)
+    if isinstance(started, Refusal):
+        metrics.LOGIN_REFUSALS.labels(started.scope).inc()
+    return started
 
 
 async def settle(attempt: Attempt, outcome: str) -> list[Lock]:
     """Settle an attempt as `ok` (password right), `fail` (wrong) or `void` (not checked)."""
+    metrics.LOGIN_ATTEMPTS.labels(outcome).inc()
+    locks = None
     if not attempt.local:
         try:
-            return await get_throttle().settle(attempt, outcome)
+            locks = await get_throttle().settle(attempt, outcome)
         except UNREACHABLE as error:
-            log.warning("login throttle: Redis unreachable (%r); counting in this process", error)
-    return await LOCAL.settle(attempt, outcome)
+            _counting_locally(error)
+    if locks is None:
+        locks = await LOCAL.settle(attempt, outcome)
+    for lock in locks:
+        metrics.LOGIN_LOCKS.labels(lock.scope).inc()
+    return locks
+
+
+def _counting_locally(error: Exception) -> None:
+    metrics.LOGIN_COUNTED_LOCALLY.inc()
+    log.warning("login throttle: Redis unreachable (%r); counting in this process", error)

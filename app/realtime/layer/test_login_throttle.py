@@ -17,6 +17,7 @@ from app.realtime.layer.login_throttle import (
     user_key,
 )
 from app.realtime.layer.store import reset_stores
+from app.realtime.ops import metrics
 
 # Small counts and short locks, so that each behaviour shows within a test.
 POLICY = {
@@ -185,6 +186,21 @@ async def test_an_unreachable_redis_falls_back_to_this_process(settings, monkeyp
     finally:
         reset_stores()
         LOCAL.clear()
+
+
+async def test_outcomes_refusals_and_locks_are_counted_for_prometheus(counters):
+    """Each settled attempt, refusal and lock shows in this process's metrics."""
+    def read(metric, label):
+        return metric.labels(label)._value.get()
+
+    before = (read(metrics.LOGIN_ATTEMPTS, "fail"), read(metrics.LOGIN_ATTEMPTS, "ok"),
+              read(metrics.LOGIN_LOCKS, "user"), read(metrics.LOGIN_REFUSALS, "user"))
+    await attempt("carol", "203.0.113.2", password_right=True)
+    await fail("carol", "203.0.113.2", 3)
+    assert isinstance(await attempt("carol", "203.0.113.2"), Refusal)
+    after = (read(metrics.LOGIN_ATTEMPTS, "fail"), read(metrics.LOGIN_ATTEMPTS, "ok"),
+             read(metrics.LOGIN_LOCKS, "user"), read(metrics.LOGIN_REFUSALS, "user"))
+    assert [b - a for a, b in zip(before, after, strict=True)] == [3, 1, 1, 1]
 
 
 def test_ipv6_clients_are_counted_by_their_64():

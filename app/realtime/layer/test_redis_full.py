@@ -1,4 +1,5 @@
-"""The channel layer, the store and the rate limits against a real Redis that is full.
+"""The channel layer, the store, the rate limits and the login throttle against a real Redis
+that is full (and one that refuses the throttle's scripts).
 
 A full Redis (used memory over maxmemory, policy noeviction) answers every write that may
 grow memory with OOM and keeps serving reads and deletions. Here maxmemory is set to one byte
@@ -12,6 +13,7 @@ import pytest
 from redis import exceptions as redis_errors
 
 from app.realtime.adapters.channels_redis import group_key
+from app.realtime.layer import login_throttle
 from app.realtime.layer.channel_layer import RedisFull, ResilientRedisChannelLayer
 from app.realtime.layer.ratelimit import Rate, allow
 from app.realtime.layer.store import RedisStore, connect_redis, reset_stores
@@ -181,6 +183,53 @@ async def test_rate_limits_let_events_through_while_redis_cannot_count_them(memo
         assert (await allow("user", rate))[0] is False
     finally:
         reset_stores()
+
+
+async def test_a_full_redis_still_counts_logins(memory, settings):
+    """Each throttle script frees before it writes, and Redis lets a script that has written
+    finish: the shared counts and locks go on while Redis refuses other writes."""
+    settings.REDIS_CONNECTION = {"address": memory.url}
+    settings.LOGIN_USER_FAILURES = 2
+    reset_stores()
+    memory.fill()
+    try:
+        for _ in range(2):
+            attempt = await login_throttle.begin("alice", "203.0.113.7")
+            assert isinstance(attempt, login_throttle.Attempt) and not attempt.local
+            locks = await login_throttle.settle(attempt, "fail")
+        assert [lock.scope for lock in locks] == ["user"]
+        refusal = await login_throttle.begin("alice", "203.0.113.7")
+        assert isinstance(refusal, login_throttle.Refusal) and refusal.scope == "user"
+        assert memory.client.keys("*login*")
+    finally:
+        reset_stores()
+
+
+async def test_logins_redis_refuses_to_count_are_counted_and_locked_in_their_process(
+        memory, settings):
+    """An error no retry mends (here an ACL without EVAL) moves counting here at once."""
+    settings.REDIS_CONNECTION = {"address": memory.url}
+    settings.LOGIN_USER_FAILURES = 2
+    reset_stores()
+    login_throttle.LOCAL.clear()
+    local_before = metrics.LOGIN_COUNTED_LOCALLY._value.get()
+    memory.client.acl_setuser("default", enabled=True, nopass=True, commands=["-eval"])
+    try:
+        started = time.monotonic()
+        for _ in range(2):
+            attempt = await login_throttle.begin("alice", "203.0.113.7")
+            assert isinstance(attempt, login_throttle.Attempt) and attempt.local
+            locks = await login_throttle.settle(attempt, "fail")
+        assert time.monotonic() - started < login_throttle.RETRY_SECONDS
+        assert [lock.scope for lock in locks] == ["user"]
+        refusal = await login_throttle.begin("alice", "203.0.113.7")
+        assert isinstance(refusal, login_throttle.Refusal) and refusal.scope == "user"
+        assert metrics.LOGIN_COUNTED_LOCALLY._value.get() - local_before == 3
+    finally:
+        memory.client.acl_setuser("default", enabled=True, nopass=True, commands=["+@all"],
+                                  keys=["*"], channels=["*"])
+        reset_stores()
+        login_throttle.LOCAL.clear()
 
 
 async def test_an_outage_ending_on_a_full_master_ends_and_leaves_the_reader_running(

@@ -116,6 +116,31 @@ OOM_OPERATIONS = ("group_send", "group_add", "group_discard", "send", "receive",
 for _operation in OOM_OPERATIONS:
     REDIS_OOM_REFUSALS.labels(_operation)
 
+# ---------------------------------------------------------------------------- login throttle
+LOGIN_ATTEMPTS = Counter(
+    "chanfleet_login_attempts",
+    "Login attempts settled by the throttle, by outcome (ok, fail, void: not checked).",
+    ["outcome"],
+)
+LOGIN_REFUSALS = Counter(
+    "chanfleet_login_refusals",
+    "Login attempts refused before their password was checked, by the scope that refused.",
+    ["scope"],
+)
+LOGIN_LOCKS = Counter(
+    "chanfleet_login_locks", "Login locks started by a failure, by scope.", ["scope"]
+)
+LOGIN_COUNTED_LOCALLY = Counter(
+    "chanfleet_login_counted_locally",
+    "Login attempts counted in their own process: Redis unreachable or refusing the write.",
+)
+for _outcome in ("ok", "fail", "void"):
+    LOGIN_ATTEMPTS.labels(_outcome)
+for _scope in ("address", "user", "user_everywhere", "busy"):
+    LOGIN_REFUSALS.labels(_scope)
+    if _scope != "busy":
+        LOGIN_LOCKS.labels(_scope)
+
 # ---------------------------------------------------------------------------- drain
 DRAINING = Gauge("chanfleet_draining", "1 while this process drains.", multiprocess_mode="livemax")
 DRAIN_RECONNECTS = Counter(

@@ -11,3 +11,17 @@ def fresh_login_counts():
     LOCAL.clear()
     yield
     LOCAL.clear()
+
+
+@pytest.fixture(autouse=True)
+def fresh_chat_process_state():
+    """Forget the histories this process cached (each test's database numbers rooms afresh,
+    so a room id and its seq may name another test's room) and the last_seen times noted but
+    not written (the test's database is gone by the time they would be)."""
+    from app.chat.history import room_history
+    from app.chat.last_seen import last_seen
+
+    room_history.clear()
+    yield
+    room_history.clear()
+    last_seen.pending.clear()

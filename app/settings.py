@@ -127,9 +127,12 @@ REDIS_DB = int(env("REDIS_DB", "0"))
 REDIS_PREFIX = env("REDIS_PREFIX", "chanfleet")
 
 REDIS_POOL = {
-    # redis-py 8's asyncio pool refuses (MaxConnectionsError) past 100 connections; a
-    # connect storm of a few hundred handshakes needs more.
-    "max_connections": int(env("REDIS_MAX_CONNECTIONS", "1000")),
+    # Per pool and process. Callers past it wait for a connection (app/realtime/adapters/
+    # redis.py) rather than open one each: a connect storm then reuses a few connections
+    # instead of opening hundreds, each with a Sentinel query.
+    "max_connections": int(env("REDIS_MAX_CONNECTIONS", "100")),
+    # A wait this long means Redis stalls: redis-py raises ConnectionError, retried as any.
+    "pool_timeout": float(env("REDIS_POOL_TIMEOUT", "10")),
     # Above channels_redis's 5 s BZPOPMIN, which would otherwise race the read timeout.
     "socket_timeout": 10,
     "socket_connect_timeout": 2,
@@ -237,6 +240,10 @@ WS_CONNECT_RATE = env("WS_CONNECT_RATE", "60/60")
 # Handshakes a WebSocket process works on at once; the rest wait their turn (see registry.py).
 WS_CONNECT_CONCURRENCY = int(env("WS_CONNECT_CONCURRENCY", "8"))
 CHAT_HISTORY_SIZE = int(env("CHAT_HISTORY_SIZE", "50"))
+# Rooms whose history each WebSocket process keeps serialised for joins (app/chat/history.py).
+CHAT_HISTORY_CACHE_ROOMS = int(env("CHAT_HISTORY_CACHE_ROOMS", "1000"))
+# Users' last_seen times are written in batches this many seconds apart (app/chat/last_seen.py).
+LAST_SEEN_FLUSH_SECONDS = float(env("LAST_SEEN_FLUSH_SECONDS", "5"))
 CHAT_AUTO_CREATE_ROOMS = env_bool("CHAT_AUTO_CREATE_ROOMS", True)
 CONTENT_FILTER_WORDS = env_list("CONTENT_FILTER_WORDS", "")
 PRESENCE_TTL = float(env("PRESENCE_TTL", "60"))

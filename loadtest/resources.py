@@ -27,7 +27,7 @@ PREFIX_PARTS = 2
 SCAN_LIMIT = 200_000
 
 
-def _children() -> dict[int, list[int]]:
+def children() -> dict[int, list[int]]:
     """Map each PID to its direct children, from /proc."""
     tree: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -43,7 +43,8 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
-def _tree(pid: int, tree: dict[int, list[int]]) -> list[int]:
+def process_tree(pid: int, tree: dict[int, list[int]]) -> list[int]:
+    """A process and all its descendants, given `children()`."""
     found, todo = [], [pid]
     while todo:
         current = todo.pop()
@@ -55,7 +56,7 @@ def _tree(pid: int, tree: dict[int, list[int]]) -> list[int]:
 def process_usage(pid: int, tree: dict[int, list[int]] | None = None) -> dict[str, int]:
     """Resident bytes, open file descriptors and process count of a process and its children."""
     rss = fds = count = 0
-    for member in _tree(pid, _children() if tree is None else tree):
+    for member in process_tree(pid, children() if tree is None else tree):
         try:
             status = Path(f"/proc/{member}/status").read_text()
             fds += len(os.listdir(f"/proc/{member}/fd"))
@@ -113,7 +114,7 @@ def redis_usage(client) -> dict:
 
 def sample(topology) -> dict:
     """One sample of every watched program and of the Redis master."""
-    tree = _children()
+    tree = children()
     programs = {}
     for program, pid in program_pids(topology.ctl("status")).items():
         if group_of(program):

@@ -23,6 +23,8 @@ from app.realtime.ops import metrics
 
 from . import gap_check, presence, services
 from .facts import handshake_facts
+from .history import room_history
+from .last_seen import last_seen
 from .models import Notification, UserStatus
 from .streams import notify_group, topic_group, user_group
 from .writer import writer
@@ -46,6 +48,10 @@ class ChatConsumer(RealtimeConsumer):
     # listed.
     hygienic_frames = RealtimeConsumer.hygienic_frames | {
         "message", "edit", "delete", "reaction", "typing"}
+    # The handshake (facts, history, replay) and the close (last_seen) reach the database only
+    # through database_sync_to_async too. Without the hop a storm of handshakes does not queue
+    # in the database thread behind each other's and the closes' work.
+    hygienic_events = frozenset({"websocket.connect", "websocket.disconnect"})
     handlers = {
         "message": "handle_message",
         "typing": "handle_typing",
@@ -133,16 +139,11 @@ class ChatConsumer(RealtimeConsumer):
 
     async def send_history(self):
         """Send the latest messages as `message` frames, then `history_end` with the position."""
-        upto, frames = await self._history()
+        upto, frames = await room_history.latest(self.room)
         for frame in frames:
-            await self.send_frame(frame)
+            await self.send_frame(frame, "message")
         self.next_seq = upto + 1
         await self.send_frame({"type": "history_end", "room": self.room.name, "seq": upto})
-
-    @database_sync_to_async
-    def _history(self):
-        upto = services.latest_seq(self.room.id)
-        return upto, services.recent_history(self.room, upto)
 
     async def send_replay(self, key: str, value: int):
         """Replay every stored event after the client's position, then `resume_end`.
@@ -213,7 +214,7 @@ class ChatConsumer(RealtimeConsumer):
             await self.notice("user_left", {
                 "message": f"{services.user_name(self.user)} left the room",
             })
-        await database_sync_to_async(services.touch_last_seen)(self.user)
+        last_seen.note(self.user.pk)
 
     # ------------------------------------------------------------------ client frames
     async def handle_message(self, data):

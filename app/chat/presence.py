@@ -36,16 +36,18 @@ async def join(user_id: int, room, channel: str, present: set[int] | None = None
 
 async def leave(user_id: int, room, channel: str) -> bool:
     """Remove a closed connection; return whether the user is still in the room elsewhere."""
-    store = get_store()
-    for scope, member in entries(user_id, room, channel):
-        await store.presence_remove(scope, member)
-    return user_id in await room_user_ids(room.id)
+    members = await get_store().presence_leave(entries(user_id, room, channel),
+                                               f"room:{room.id}")
+    return user_id in _user_ids(members)
 
 
 async def room_user_ids(room_id: int) -> set[int]:
     """Users with at least one live connection to the room."""
-    members = await get_store().presence_members(f"room:{room_id}")
-    return {int(m.split(":", 1)[0]) for m in members}
+    return _user_ids(await get_store().presence_members(f"room:{room_id}"))
+
+
+def _user_ids(room_members: list[str]) -> set[int]:
+    return {int(m.split(":", 1)[0]) for m in room_members}
 
 
 async def is_online(user_id: int) -> bool:

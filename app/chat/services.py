@@ -5,20 +5,17 @@ These are plain synchronous functions, called from consumers through
 Each change and its RoomEvent commit in one transaction, before anything is broadcast.
 """
 
-import logging
 import re
 from datetime import datetime
 from typing import NamedTuple
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
-from app.realtime.consumers.errors import ProtocolError, database_unreachable
+from app.realtime.consumers.errors import ProtocolError
 
-from .models import ChatRoom, Message, MessageReaction, RoomBan, RoomEvent, UserStatus
-
-logger = logging.getLogger(__name__)
+from .models import ChatRoom, Message, MessageReaction, RoomBan, RoomEvent
 
 ROOM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 EMOJI_MAX = 32
@@ -308,14 +305,3 @@ def history_page(room: ChatRoom, before: int | None, limit: int) -> list[dict]:
     if before is not None:
         events = events.filter(message_id__lt=before)
     return _state_frames(room, list(events[:limit]))
-
-
-def touch_last_seen(user) -> None:
-    """Record when a user was last connected; skipped while the database cannot be reached."""
-    try:
-        UserStatus.objects.update_or_create(user=user, defaults={"last_seen": timezone.now()})
-    except DatabaseError as error:
-        # Called as a socket closes: an outage must not turn each close into a crash report.
-        if not database_unreachable(error):
-            raise
-        logger.warning("last_seen of user %s not recorded: %s", user.pk, error)

@@ -38,7 +38,6 @@ OURS_ENV = {
     "CHAT_MESSAGE_RATE": "1000000/10",
     "WS_CONNECT_RATE": "1000000/60",
     "WS_FRAME_RATE": "1000000/10",
-    "REDIS_MAX_CONNECTIONS": "2000",
 }
 
 
@@ -373,7 +372,7 @@ class Stock(_Processes):
         self._cookies = json.loads(result.stdout.strip().splitlines()[-1])
         return self._cookies
 
-    raised_pool = 1000  # chanfleet's REDIS_MAX_CONNECTIONS default
+    raised_pool = 1000  # enough for the benchmark's connect phase
 
     def raise_pool(self) -> None:
         """Restart the WebSocket processes with redis-py's pool limit raised."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
 import time
 import urllib.error
@@ -24,8 +25,10 @@ from collections import Counter
 
 import requests
 
+from loadtest import resources
 from loadtest.bench.generator import Generator, Spec
 from loadtest.bench.runner import settle
+from loadtest.bench.systems import total_cpu_seconds
 
 from . import report, tracking
 from .worker import main as worker_main
@@ -82,6 +85,20 @@ def rate_of(times: list[float], start: float) -> dict:
         return {"count": 0, "seconds": None, "rate": None}
     seconds = max(max(times) - start, 1e-3)
     return {"count": len(times), "seconds": round(seconds, 2), "rate": len(times) / seconds}
+
+
+def cpu_per_handshake(before: dict[str, float], after: dict[str, float], count: int) -> dict:
+    """CPU milliseconds each part spent per handshake of a phase, and the handshakes per
+    second this machine's cores could serve at that cost: a figure other load on the
+    machine does not move, as it moves the rates."""
+    if not count:
+        return {}
+    spent = {part: round((after[part] - before[part]) * 1000 / count, 3) for part in before}
+    total = sum(spent.values())
+    spent["all"] = round(total, 3)
+    spent["cores"] = os.cpu_count() or 1
+    spent["capacity_per_s"] = round(spent["cores"] * 1000 / total) if total else None
+    return spent
 
 
 def post(url: str, timeout: float = 10) -> int:
@@ -146,6 +163,7 @@ class Drill:
         for spec in specs:
             shares[spec.worker].append(spec)
         start = time.time()
+        cpu_before = self.cpu_now()
         timeout = max(120.0, len(specs) / 10)  # bounded, yet enough for a slow handshake
         answers = gen.call([{"cmd": "start", "specs": share,
                              "concurrency": max(1, cfg.concurrency // gen.size),
@@ -154,9 +172,10 @@ class Drill:
         synced = sum(a["synced"] for a in answers)
         fresh = rate_of([t for a in answers for t in a["times"]], start)
         fresh["clients"] = len(specs)
+        fresh["cpu_ms"] = cpu_per_handshake(cpu_before, self.cpu_now(), fresh["count"])
         self.result["fresh"] = fresh
         self.log(f"[storm] fresh joins: {synced}/{len(specs)} in {fresh['seconds']} s = "
-                 f"{_num(fresh['rate'])} joins/s")
+                 f"{_num(fresh['rate'])} joins/s; {report.cpu_words(fresh['cpu_ms'])}")
         if synced < len(specs):
             raise RuntimeError(f"only {synced} of {len(specs)} clients joined")
 
@@ -169,15 +188,31 @@ class Drill:
         gen.broadcast({"cmd": "park", "every": every, "deadline": time.time() + 60}, 90)
         settle(self.system, cfg.settle_timeout)  # the closes' work done before timing
         start = time.time()
+        cpu_before = self.cpu_now()
         timeout = max(60.0, cfg.clients * cfg.resume_share / 10)
         answers = gen.broadcast({"cmd": "reopen",
                                  "concurrency": max(1, cfg.concurrency // gen.size),
                                  "deadline": start + timeout}, timeout + 60)
         resume = rate_of([t for a in answers for t in a["times"]], start)
         resume["chosen"] = sum(a["chosen"] for a in answers)
+        resume["cpu_ms"] = cpu_per_handshake(cpu_before, self.cpu_now(), resume["count"])
         self.result["resume"] = resume
         self.log(f"[storm] resumes (nothing missed): {resume['count']}/{resume['chosen']} in "
-                 f"{resume['seconds']} s = {_num(resume['rate'])} resumes/s")
+                 f"{resume['seconds']} s = {_num(resume['rate'])} resumes/s; "
+                 f"{report.cpu_words(resume['cpu_ms'])}")
+
+    def cpu_now(self) -> dict[str, float]:
+        """CPU seconds used so far by each part: WebSocket processes, nginx, the Redis master
+        and the load generator's clients."""
+        tree = resources.children()
+        nginx = self.topology.pid("nginx")
+        pids = {
+            "ws": self.system.ws_pids(),
+            "nginx": resources.process_tree(nginx, tree) if nginx else [],
+            "redis": [pid for pid in [self.topology.pid("redis-master")] if pid],
+            "clients": self.generator.pids(),
+        }
+        return {part: total_cpu_seconds(members) for part, members in pids.items()}
 
     def target(self) -> tuple[str, int, str]:
         """(supervisor program, public port, node name) of the process to kill or drain."""

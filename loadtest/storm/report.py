@@ -56,6 +56,15 @@ def failures(result: dict, limits: dict[str, float]) -> list[str]:
     return out
 
 
+def cpu_words(spent: dict | None) -> str:
+    """A phase's CPU per handshake by part, and the rate this machine's cores could serve."""
+    if not spent:
+        return "CPU per handshake: not measured"
+    parts = ", ".join(f"{part} {spent[part]:.2f}" for part in ("ws", "nginx", "redis", "clients"))
+    return (f"CPU ms per handshake: {parts}; all {spent['all']:.2f}, so at most "
+            f"{_n(spent['capacity_per_s'])}/s on {spent['cores']} cores")
+
+
 def summary(result: dict) -> str:
     """The console summary of one drill."""
     cfg, storm, fault = result["config"], result.get("storm", {}), result.get("fault", {})
@@ -68,6 +77,8 @@ def summary(result: dict) -> str:
         f"{_n(fresh.get('rate'))}/s ({fresh.get('count')} in {_s(fresh.get('seconds'))}), "
         f"resumes with nothing missed {_n(resume.get('rate'))}/s ({resume.get('count')} in "
         f"{_s(resume.get('seconds'))})",
+        f"  fresh joins' {cpu_words(fresh.get('cpu_ms'))}",
+        f"  resumes' {cpu_words(resume.get('cpu_ms'))}",
         f"  fault: {fault.get('mode')} of {fault.get('program')} ({fault.get('node')}): "
         f"{storm.get('affected')} clients affected, {storm.get('lost_socket')} lost their "
         f"socket, {storm.get('collateral')} others did",

@@ -3,7 +3,7 @@
 import pytest
 
 from loadtest.storm import cli, report, tracking
-from loadtest.storm.drill import Config, build_specs, rate_of, summarise
+from loadtest.storm.drill import Config, build_specs, cpu_per_handshake, rate_of, summarise
 from loadtest.storm.tracking import SeqTrack
 
 
@@ -220,3 +220,13 @@ def test_events_missing_for_a_client_still_away_are_pending_not_lost():
     assert result["lost"] == 2 and result["lost_clients"] == 1
     assert result["away_at_end"] == 1 and result["pending_for_away"] == 2
     assert asyncio.run(worker.cmd_behind({0: 3})) == {"behind": 1}
+
+
+def test_cpu_per_handshake_divides_each_parts_cpu_and_bounds_the_rate():
+    """Two seconds of CPU over 1,000 handshakes is 2 ms each: 1,000/s per 2 cores at most."""
+    before = {"ws": 10.0, "nginx": 1.0, "redis": 2.0, "clients": 3.0}
+    after = {"ws": 11.2, "nginx": 1.2, "redis": 2.2, "clients": 3.4}
+    spent = cpu_per_handshake(before, after, 1000)
+    assert spent["ws"] == 1.2 and spent["all"] == 2.0
+    assert spent["capacity_per_s"] == spent["cores"] * 500
+    assert cpu_per_handshake(before, after, 0) == {}

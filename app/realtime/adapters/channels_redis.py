@@ -2,23 +2,19 @@
 
 Relied on, from `channels_redis.core.RedisChannelLayer`: `_group_key` (`group_key`),
 `_map_channel_keys_to_connection` (`map_channel_keys`), `_serializer` with its `crypter`,
-`random_prefix_length` and `as_bytes` (`encrypted`, `group_body`), and `channels_redis.utils.
-create_pool` (`create_pool`); and its wire format: a process's inbox key `{prefix}specific.
-{client_prefix}!` (`inbox_key`), a body of a random prefix then the msgpack'd message whose
-`__asgi_channel__`, packed last, lists the inbox's channels (`group_body`). The layer's
-GROUP_SEND_IN_REDIS_LUA writes that format, and its mapped group send copies `group_send`.
+`random_prefix_length` and `as_bytes` (`encrypted`, `group_body`); and its wire format: a
+process's inbox key `{prefix}specific.{client_prefix}!` (`inbox_key`), a body of a random
+prefix then the msgpack'd message whose `__asgi_channel__`, packed last, lists the inbox's
+channels (`group_body`). The layer's GROUP_SEND_IN_REDIS_LUA writes that format, and its
+mapped group send copies `group_send`.
 """
 
 import random
-
-from channels_redis.utils import create_pool as _create_pool
 
 PACKAGE = "channels_redis"
 # Exact: the layer copies group_send and writes the wire format itself, so even a patch
 # release's fix to either must be read before it is taken.
 SUPPORTED = "==4.3.0"
-
-create_pool = _create_pool
 
 
 def group_key(layer, group: str) -> str:

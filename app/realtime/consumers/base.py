@@ -97,6 +97,9 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     # connections in its own thread, or there is none. They skip dispatch's hygiene hop.
     # Handlers using Django's async ORM (asgiref's sync_to_async, no hygiene) stay out.
     hygienic_frames: frozenset[str] = frozenset({"ping", "pong"})
+    # Lifecycle events (websocket.connect, websocket.disconnect) whose handlers keep that
+    # hygiene by themselves in the same way; a subclass lists those it can vouch for.
+    hygienic_events: frozenset[str] = frozenset()
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -162,13 +165,15 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         # thread; on the broadcast hot path that hop costs several times the handler's own
         # work for handlers that never use the database. A chat message paid it too, before
         # its own database thread hop, which closes old connections anyway. Lifecycle events
-        # and the client frames not in `hygienic_frames` keep it.
+        # not in `hygienic_events` and client frames not in `hygienic_frames` keep it.
         if message["type"] in FAST_EVENTS:
             await getattr(self, channels_adapter.handler_name(message))(message)
             return
         self.busy += 1
         try:
-            if (message["type"] == "websocket.receive"
+            if message["type"] in self.hygienic_events:
+                await getattr(self, channels_adapter.handler_name(message))(message)
+            elif (message["type"] == "websocket.receive"
                     and self._frame_type(message) in self.hygienic_frames):
                 await self.websocket_receive(message)
             else:

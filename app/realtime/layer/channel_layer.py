@@ -31,6 +31,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio.sentinel import SentinelConnectionPool
 
 from app.realtime.adapters import channels_redis as channels_redis_adapter
+from app.realtime.adapters import redis as redis_adapter
 from app.realtime.consumers.delivery import RUN, WRITTEN, FanoutReceiver, WaitQueue
 from app.realtime.layer.retrying import (
     TRANSIENT_ERRORS,
@@ -193,11 +194,12 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
         return result
 
     def create_pool(self, index):
-        """channels_redis's pool, whose sentinel clients try once each (see retrying.py)."""
+        """A bounded pool whose callers wait for a connection (app/realtime/adapters/redis.py),
+        its sentinel clients trying once each (see retrying.py)."""
         host = self.hosts[index]
         if "master_name" in host:
             host = {**host, "sentinel_kwargs": sentinel_kwargs(host.get("sentinel_kwargs"))}
-        return channels_redis_adapter.create_pool(host)
+        return redis_adapter.create_pool(host)
 
     # ------------------------------------------------------------------ receiving
     async def receive(self, channel):

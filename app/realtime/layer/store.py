@@ -14,6 +14,7 @@ from django.conf import settings
 from redis import asyncio as aioredis
 from redis import exceptions as redis_errors
 
+from app.realtime.adapters import redis as redis_adapter
 from app.realtime.layer.retrying import no_retry, retry_transient, sentinel_kwargs
 from app.realtime.ops import metrics
 
@@ -21,29 +22,22 @@ from app.realtime.ops import metrics
 def connect_redis(connection: dict) -> aioredis.Redis:
     """Build an asyncio Redis client from a channels_redis-style host dict.
 
-    The client never retries on its own: RedisStore's methods ride out a failover themselves.
+    Its pool is bounded and makes callers wait (app/realtime/adapters/redis.py). The client
+    never retries on its own: RedisStore's methods ride out a failover themselves.
     """
-    options = dict(connection)
-    common = {
-        "max_connections": options.get("max_connections", 1000),
+    host = {key: connection[key] for key in ("address", "sentinels", "master_name", "password",
+                                              "db", "max_connections", "pool_timeout")
+            if key in connection}
+    if "sentinels" in host:
+        host["sentinel_kwargs"] = sentinel_kwargs(connection.get("sentinel_kwargs"))
+    host.update({
         "retry": no_retry(),
         "health_check_interval": 10,
         "socket_keepalive": True,
         "socket_timeout": 5.0,
         "socket_connect_timeout": 2.0,
-    }
-    if "address" in options:
-        return aioredis.Redis.from_url(options["address"], **common)
-    sentinel = aioredis.Sentinel(
-        options["sentinels"],
-        sentinel_kwargs=sentinel_kwargs(options.get("sentinel_kwargs")),
-    )
-    return sentinel.master_for(
-        options["master_name"],
-        password=options.get("password"),
-        db=options.get("db", 0),
-        **common,
-    )
+    })
+    return aioredis.Redis(connection_pool=redis_adapter.create_pool(host))
 
 
 def riding_failover(operation: str):
@@ -117,13 +111,26 @@ class RedisStore:
     @riding_failover("presence")
     async def presence_members(self, scope: str) -> list[str]:
         """List members whose entries have not expired, dropping the expired ones."""
-        key = self.key("presence", scope)
-        now = time.time()
         pipe = self.client.pipeline(transaction=False)
-        pipe.zremrangebyscore(key, "-inf", now)
-        pipe.zrangebyscore(key, now, "+inf")
+        self._read_members(pipe, scope)
         _, members = await pipe.execute()
         return [m.decode() if isinstance(m, bytes) else m for m in members]
+
+    @riding_failover("presence")
+    async def presence_leave(self, entries: list[tuple[str, str]], scope: str) -> list[str]:
+        """Remove several (scope, member) entries, then list `scope`'s members: one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for entry_scope, member in entries:
+            pipe.zrem(self.key("presence", entry_scope), member)
+        self._read_members(pipe, scope)
+        members = (await pipe.execute())[-1]
+        return [m.decode() if isinstance(m, bytes) else m for m in members]
+
+    def _read_members(self, pipe, scope: str) -> None:
+        key = self.key("presence", scope)
+        now = time.time()
+        pipe.zremrangebyscore(key, "-inf", now)
+        pipe.zrangebyscore(key, now, "+inf")
 
     @riding_failover("generations")
     async def generations(self, keys: list[str], ttl: float) -> list[str]:
@@ -211,6 +218,12 @@ class MemoryStore:
     async def presence_remove(self, scope: str, member: str) -> None:
         """Remove a member from a scope at once."""
         self.presence.get(scope, {}).pop(member, None)
+
+    async def presence_leave(self, entries: list[tuple[str, str]], scope: str) -> list[str]:
+        """Remove several (scope, member) entries, then list `scope`'s members."""
+        for entry_scope, member in entries:
+            await self.presence_remove(entry_scope, member)
+        return await self.presence_members(scope)
 
     async def presence_members(self, scope: str) -> list[str]:
         """List members whose entries have not expired."""

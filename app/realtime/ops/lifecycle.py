@@ -14,6 +14,8 @@ from app.realtime.ops import metrics
 from app.realtime.ops.canary import Canary
 
 _canary: Canary | None = None
+# Coroutine functions awaited at the lifespan's shutdown (app/chat/last_seen.py adds its flush).
+shutdown_hooks: list = []
 
 
 def canary() -> Canary | None:
@@ -61,7 +63,7 @@ class ProcessServices:
         await self.application(scope, receive, send)
 
     async def lifespan(self, receive, send) -> None:
-        """ASGI lifespan: start the services at startup, stop the canary at shutdown."""
+        """ASGI lifespan: start the services, then at shutdown stop the canary and run the hooks."""
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
@@ -75,5 +77,7 @@ class ProcessServices:
             elif message["type"] == "lifespan.shutdown":
                 if _canary is not None:
                     _canary.stop()
+                for hook in shutdown_hooks:
+                    await hook()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

@@ -84,7 +84,7 @@ class ChatConsumer(RealtimeConsumer):
             return await self.refuse(Close.RATE_LIMITED, "rate_limited")
         # Presence is read once: for the size check, whether to announce the user and the
         # user list.
-        room, problem, present, users = await handshake_facts.for_handshake(
+        room, problem, present, users, recorded = await handshake_facts.for_handshake(
             name, user, settings.CHAT_AUTO_CREATE_ROOMS)
         if room is None:
             return await self.refuse(Close.NOT_FOUND, "not_found")
@@ -115,9 +115,9 @@ class ChatConsumer(RealtimeConsumer):
                                   field="last_seq")
         await self.send_frame({"type": "user_list", "room": room.name, "users": users})
         if position is None:
-            await self.send_history()
+            await self.send_history(recorded)
         else:
-            await self.send_replay(*position)
+            await self.send_replay(*position, recorded)
         if first_connection:
             status = next((u["status"] for u in users if u["user_id"] == user.pk), "online")
             await self.notice("user_joined", {
@@ -137,15 +137,18 @@ class ChatConsumer(RealtimeConsumer):
                 return ((key, value), False) if value >= 0 else (None, True)
         return None, False
 
-    async def send_history(self):
-        """Send the latest messages as `message` frames, then `history_end` with the position."""
-        upto, frames = await room_history.latest(self.room)
+    async def send_history(self, recorded: int | None = None):
+        """Send the latest messages as `message` frames, then `history_end` with the position.
+
+        `recorded` is the room's position as recorded in Redis when the handshake read it.
+        """
+        upto, frames = await room_history.latest(self.room, recorded)
         for frame in frames:
             await self.send_frame(frame, "message")
         self.next_seq = upto + 1
         await self.send_frame({"type": "history_end", "room": self.room.name, "seq": upto})
 
-    async def send_replay(self, key: str, value: int):
+    async def send_replay(self, key: str, value: int, recorded: int | None = None):
         """Replay every stored event after the client's position, then `resume_end`.
 
         A client resuming at exactly the room's position as recorded in Redis (raised after
@@ -158,7 +161,8 @@ class ChatConsumer(RealtimeConsumer):
         the heartbeat's check against the database's latest seq (`heartbeat_many`) does. The
         record never runs ahead of the database, so the fast path can never skip an event.
         """
-        recorded = await self._recorded_position() if key == "last_seq" else None
+        if key != "last_seq":
+            recorded = None
         if recorded is not None and value == recorded:
             frames, after = [], value
         else:
@@ -175,12 +179,6 @@ class ChatConsumer(RealtimeConsumer):
             "seq": self.next_seq - 1,
             "replayed": len(frames),
         })
-
-    async def _recorded_position(self) -> int | None:
-        try:
-            return await get_store().room_position(self.room.id)
-        except RedisError:
-            return None  # the database answers instead
 
     async def _record_position(self, seq: int) -> None:
         try:

@@ -67,13 +67,15 @@ def _load_people(ids: list[int]) -> dict[int, tuple[str, str] | None]:
 
 
 class Joining(NamedTuple):
-    """What a chat handshake needs: the room, why the user may not join, who is present and
-    the `user_list` entries (the joining user included)."""
+    """What a chat handshake needs: the room, why the user may not join, who is present, the
+    `user_list` entries (the joining user included) and the room's position as recorded in
+    Redis (None when unknown), read with the presence."""
 
     room: object
     problem: str | None
     present: set[int]
     users: list[dict]
+    position: int | None = None
 
 
 class HandshakeFacts:
@@ -94,7 +96,7 @@ class HandshakeFacts:
         if known_id is None:
             room, problem = await self.room_for(name, user, create)
             return await self._listing(room, problem, user)
-        present = await presence.room_user_ids(known_id)
+        present, position = await presence.room_user_ids_and_position(known_id)
         listed = sorted(present | {user.pk})
         read = await _tokens([room_key(name), access_key(known_id, user.pk),
                               *(user_key(uid) for uid in listed)])
@@ -102,13 +104,14 @@ class HandshakeFacts:
         if room is None or problem or room.id != known_id:
             # Refused, or the name now names another room (deleted and made again).
             return await self._listing(room, problem, user)
-        return Joining(room, problem, present, await self.describe(listed, read[2:]))
+        return Joining(room, problem, present, await self.describe(listed, read[2:]), position)
 
     async def _listing(self, room, problem, user) -> Joining:
         if room is None or problem:
             return Joining(room, problem, set(), [])
-        present = await presence.room_user_ids(room.id)
-        return Joining(room, problem, present, await self.describe(present | {user.pk}))
+        present, position = await presence.room_user_ids_and_position(room.id)
+        return Joining(room, problem, present, await self.describe(present | {user.pk}),
+                       position)
 
     def _known_id(self, name: str) -> int | None:
         """The id this process last knew the room by, valid or not."""

@@ -39,13 +39,12 @@ class RoomHistory:
     def __init__(self):
         self.cache = FactsCache(max_entries=settings.CHAT_HISTORY_CACHE_ROOMS)
 
-    async def latest(self, room) -> tuple[int, list[str]]:
-        """(the seq the history is complete up to, its `message` frames as JSON text)."""
+    async def latest(self, room, position: int | None = None) -> tuple[int, list[str]]:
+        """(the seq the history is complete up to, its `message` frames as JSON text).
+
+        `position` is the room's recorded position if the caller has read it (None: unknown).
+        """
         store = get_store()
-        try:
-            position = await store.room_position(room.id)
-        except RedisError:
-            position = None
         if position is not None:
             hit, frames = self.cache.get(room.id, position)
             if hit:

@@ -46,6 +46,12 @@ async def room_user_ids(room_id: int) -> set[int]:
     return _user_ids(await get_store().presence_members(f"room:{room_id}"))
 
 
+async def room_user_ids_and_position(room_id: int) -> tuple[set[int], int | None]:
+    """Users present in the room, and the room's position as recorded in Redis (or None)."""
+    members, position = await get_store().room_presence(f"room:{room_id}", room_id)
+    return _user_ids(members), position
+
+
 def _user_ids(room_members: list[str]) -> set[int]:
     return {int(m.split(":", 1)[0]) for m in room_members}
 

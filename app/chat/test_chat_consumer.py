@@ -575,9 +575,9 @@ async def test_a_drain_that_starts_during_a_handshake_still_sends_that_socket_aw
 
     send_history = ChatConsumer.send_history
 
-    async def drain_meanwhile(consumer):
+    async def drain_meanwhile(consumer, recorded=None):
         registry.draining = True  # the drain begins after accept, before the join completes
-        await send_history(consumer)
+        await send_history(consumer, recorded)
 
     monkeypatch.setattr(ChatConsumer, "send_history", drain_meanwhile)
     try:

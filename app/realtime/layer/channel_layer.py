@@ -406,9 +406,18 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
         """Add a channel to a group, remembering local memberships for re-adding later."""
         if channel.startswith(f"specific.{self.client_prefix}!"):
             self.local_groups[group].add(channel)
-        await self._retrying(super().group_add, group, channel, name="group_add")
+        await self._retrying(self._group_add_once, group, channel, name="group_add")
         if self.refused_since is not None:
             await self._after_refusals()
+
+    async def _group_add_once(self, group, channel):
+        # channels_redis's group_add with its ZADD and EXPIRE in one round trip, not two.
+        assert self.require_valid_group_name(group), "Group name not valid"
+        assert self.require_valid_channel_name(channel), "Channel name not valid"
+        pipe = self.connection(self.consistent_hash(group)).pipeline(transaction=False)
+        pipe.zadd(channels_redis_adapter.group_key(self, group), {channel: time.time()})
+        pipe.expire(channels_redis_adapter.group_key(self, group), self.group_expiry)
+        await pipe.execute()
 
     async def group_discard(self, group, channel):
         """Remove a channel from a group."""

@@ -117,6 +117,16 @@ class RedisStore:
         return [m.decode() if isinstance(m, bytes) else m for m in members]
 
     @riding_failover("presence")
+    async def room_presence(self, scope: str, room_id: int) -> tuple[list[str], int | None]:
+        """A room's presence members and its recorded position (`room_position`): one trip."""
+        pipe = self.client.pipeline(transaction=False)
+        self._read_members(pipe, scope)
+        pipe.get(self.key("seq", room_id))
+        _, members, position = await pipe.execute()
+        return ([m.decode() if isinstance(m, bytes) else m for m in members],
+                int(position) if position is not None else None)
+
+    @riding_failover("presence")
     async def presence_leave(self, entries: list[tuple[str, str]], scope: str) -> list[str]:
         """Remove several (scope, member) entries, then list `scope`'s members: one round trip."""
         pipe = self.client.pipeline(transaction=False)
@@ -218,6 +228,10 @@ class MemoryStore:
     async def presence_remove(self, scope: str, member: str) -> None:
         """Remove a member from a scope at once."""
         self.presence.get(scope, {}).pop(member, None)
+
+    async def room_presence(self, scope: str, room_id: int) -> tuple[list[str], int | None]:
+        """A room's presence members and its recorded position."""
+        return await self.presence_members(scope), self.positions.get(room_id)
 
     async def presence_leave(self, entries: list[tuple[str, str]], scope: str) -> list[str]:
         """Remove several (scope, member) entries, then list `scope`'s members."""

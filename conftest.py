@@ -1,5 +1,7 @@
 """Fixtures shared by every test: real Redis processes, and the app wired to them."""
 
+import os
+
 import pytest
 
 pytest_plugins = ["tests.support.fixtures"]
@@ -42,6 +44,8 @@ def redis_layer(redis_url, settings):
                 "expiry": 30,
                 "group_expiry": 120,
                 "retry_seconds": 2,
+                # CHANNEL_GROUP_FANOUT=pubsub runs the suite on pub/sub fan-out.
+                "group_fanout": os.environ.get("CHANNEL_GROUP_FANOUT", "script"),
             },
         }
     }

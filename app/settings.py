@@ -161,6 +161,9 @@ else:
 CHANNEL_CAPACITY = int(env("CHANNEL_CAPACITY", "1000"))
 CHANNEL_EXPIRY = int(env("CHANNEL_EXPIRY", "30"))
 GROUP_EXPIRY = int(env("GROUP_EXPIRY", "120"))
+# "script" (one Lua script writes every member's process inbox) or "pubsub" (one PUBLISH per
+# group send, each process fans out to its own members): docs/channel-layer.md.
+CHANNEL_GROUP_FANOUT = env("CHANNEL_GROUP_FANOUT", "script")
 if REDIS_CONNECTION:
     CHANNEL_LAYERS = {
         "default": {
@@ -172,6 +175,7 @@ if REDIS_CONNECTION:
                 "expiry": CHANNEL_EXPIRY,
                 "group_expiry": GROUP_EXPIRY,
                 "retry_seconds": REDIS_RETRY_SECONDS,
+                "group_fanout": CHANNEL_GROUP_FANOUT,
             },
         }
     }

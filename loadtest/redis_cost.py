@@ -1,11 +1,13 @@
 """Redis CPU per broadcast as a room grows, for the channel layer in use.
 
     python -m loadtest.redis_cost [--sizes 100,1000,10000,50000] [--processes 4] [--sends 30]
+        [--fanouts script,pubsub]
 
 Starts a redis-server of its own on a free loopback port, makes one room of N members spread
 over P WebSocket processes (N channel names in the room's group, as P processes' `group_add`s
-leave them), and sends the room a chat message `--sends` times through the channel layer, as
-a sender's process does. Measured on Redis: the script's microseconds per call (INFO
+leave them, or P processes subscribed once each with `group_fanout="pubsub"`), and sends the
+room a chat message `--sends` times through the channel layer, as a sender's process does.
+Measured on Redis: the group send's command's own microseconds per call (EVAL or PUBLISH, INFO
 commandstats) and the server's CPU per send (INFO cpu, user + system), and the bytes written
 per send. No sockets are opened: this is Redis's share of a broadcast only, the part every
 WebSocket process of a deployment shares. Prints a table and writes build/redis_cost/*.json.
@@ -39,14 +41,12 @@ def fill_group(client, key: str, names: list[str]) -> None:
         client.zadd(key, {name: now for name in names[start:start + 10_000]})
 
 
-def redis_figures(client) -> dict[str, float]:
-    """Redis's CPU seconds so far, and the calls and microseconds of scripts run with EVAL."""
+def redis_figures(client, command: str) -> dict[str, float]:
+    """Redis's CPU seconds so far, and the calls and microseconds of one command."""
     cpu = client.info("cpu")
-    stats = client.info("commandstats")
-    script = stats.get("cmdstat_eval", {}) or {}
+    stats = client.info("commandstats").get(f"cmdstat_{command}", {}) or {}
     return {"cpu": float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]),
-            "eval_calls": float(script.get("calls", 0)),
-            "eval_usec": float(script.get("usec", 0))}
+            "calls": float(stats.get("calls", 0)), "usec": float(stats.get("usec", 0))}
 
 
 async def broadcast(layer, group: str, sends: int) -> None:
@@ -56,8 +56,12 @@ async def broadcast(layer, group: str, sends: int) -> None:
                                        "kind": "message"})
 
 
-def measure(url: str, size: int, processes: int, sends: int) -> dict:
-    """Redis's cost of one broadcast to a room of `size` members on `processes` processes."""
+def measure(url: str, size: int, processes: int, sends: int, fanout: str = "script") -> dict:
+    """Redis's cost of one broadcast to a room of `size` members on `processes` processes.
+
+    `script`: the members are in the group's sorted set, as `group_add` leaves them. `pubsub`:
+    each process's members are in that process only, and the process subscribed once.
+    """
     import redis
 
     from app.realtime.adapters import channels_redis as channels_redis_adapter
@@ -65,27 +69,47 @@ def measure(url: str, size: int, processes: int, sends: int) -> dict:
 
     client = redis.Redis.from_url(url)
     client.flushall()
-    layer = ResilientRedisChannelLayer(hosts=[{"address": url}], prefix="cost", capacity=sends + 10,
-                                       expiry=600, group_expiry=3600)
+
+    def layer():
+        return ResilientRedisChannelLayer(hosts=[{"address": url}], prefix="cost",
+                                          capacity=sends + 10, expiry=600, group_expiry=3600,
+                                          group_fanout=fanout)
+
     group = "chat.scale"
-    fill_group(client, channels_redis_adapter.group_key(layer, group), members(size, processes))
+    sender = layer()
     memory_before = client.info("memory")["used_memory"]
+    command = "eval" if fanout == "script" else "publish"
 
     async def timed():
-        await broadcast(layer, group, 1)  # warm: the script cached, the pool connected
-        first = redis_figures(client)
+        holders = []
+        if fanout == "script":
+            names = members(size, processes)
+            fill_group(client, channels_redis_adapter.group_key(sender, group), names)
+        else:
+            for process in range(processes):
+                holder = layer()
+                holders.append(holder)
+                for _ in range(len(range(process, size, processes))):
+                    holder.local_groups[group].add(await holder.new_channel())
+                await holder.subscriptions().add(group)
+        await broadcast(sender, group, 1)  # warm: the script cached, the pool connected
+        first = redis_figures(client, command)
         started = time.monotonic()
-        await broadcast(layer, group, sends)
-        return first, time.monotonic() - started, redis_figures(client)
+        await broadcast(sender, group, sends)
+        seconds = time.monotonic() - started
+        last = redis_figures(client, command)
+        for holder in [sender, *holders]:
+            await holder.stop_readers()
+        return first, seconds, last
 
     before, seconds, after = asyncio.run(timed())
     written = client.info("memory")["used_memory"] - memory_before
-    calls = after["eval_calls"] - before["eval_calls"]
+    calls = after["calls"] - before["calls"]
     client.flushall()
     client.close()
     return {
-        "size": size, "processes": processes, "sends": sends,
-        "script_us_per_send": round((after["eval_usec"] - before["eval_usec"]) / max(calls, 1), 1),
+        "fanout": fanout, "size": size, "processes": processes, "sends": sends,
+        "us_per_send": round((after["usec"] - before["usec"]) / max(calls, 1), 1),
         "redis_cpu_ms_per_send": round((after["cpu"] - before["cpu"]) * 1000 / sends, 3),
         "bytes_per_send": round(written / (sends + 1)),
         "sends_per_s": round(sends / seconds, 1),
@@ -93,15 +117,19 @@ def measure(url: str, size: int, processes: int, sends: int) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    """The figures as a Markdown table, with each size's cost against the smallest's."""
-    base = rows[0]["script_us_per_send"] or 1
-    lines = ["| members | processes | Redis script µs per send | Redis CPU ms per send "
-             "(INFO cpu) | bytes stored per send | against the smallest room |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    """The figures as a Markdown table, each against the same fan-out's smallest room."""
+    base = {}
     for row in rows:
-        lines.append(f"| {row['size']:,} | {row['processes']} | {row['script_us_per_send']:,} | "
-                     f"{row['redis_cpu_ms_per_send']} | {row['bytes_per_send']:,} | "
-                     f"{row['script_us_per_send'] / base:.1f}x |")
+        base.setdefault(row["fanout"], row["us_per_send"] or 1)
+    lines = ["| fan-out | members | processes | Redis µs per send (the command's own) | "
+             "Redis CPU ms per send (INFO cpu) | bytes stored per send | against the smallest "
+             "room |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in rows:
+        lines.append(f"| {row['fanout']} | {row['size']:,} | {row['processes']} | "
+                     f"{row['us_per_send']:,} | {row['redis_cpu_ms_per_send']} | "
+                     f"{row['bytes_per_send']:,} | "
+                     f"{row['us_per_send'] / base[row['fanout']]:.1f}x |")
     return "\n".join(lines)
 
 
@@ -112,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="100,1000,10000,50000")
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--sends", type=int, default=30)
+    parser.add_argument("--fanouts", default="script,pubsub",
+                        help="the layer's group_fanout modes to measure")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     import os
@@ -124,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sizes = [int(s) for s in args.sizes.split(",")]
     with RedisServer() as server:
-        rows = [measure(server.url, size, args.processes, args.sends) for size in sizes]
+        rows = [measure(server.url, size, args.processes, args.sends, fanout)
+                for fanout in args.fanouts.split(",") for size in sizes]
     print(table(rows))
     out = args.json or REPO / "build" / "redis_cost" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

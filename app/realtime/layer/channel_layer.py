@@ -33,6 +33,7 @@ from redis.asyncio.sentinel import SentinelConnectionPool
 from app.realtime.adapters import channels_redis as channels_redis_adapter
 from app.realtime.adapters import redis as redis_adapter
 from app.realtime.consumers.delivery import RUN, WRITTEN, FanoutReceiver, WaitQueue
+from app.realtime.layer.pubsub import GroupSubscriptions
 from app.realtime.layer.retrying import (
     TRANSIENT_ERRORS,
     backoff_steps,
@@ -71,8 +72,15 @@ class Mailbox(WaitQueue):
 class ResilientRedisChannelLayer(RedisChannelLayer):
     """A RedisChannelLayer whose receive loop and group operations survive a failover."""
 
-    def __init__(self, *args, retry_seconds=8.0, backoff_max=0.25, read_batch=256, **kwargs):
+    def __init__(self, *args, retry_seconds=8.0, backoff_max=0.25, read_batch=256,
+                 group_fanout="script", **kwargs):
         super().__init__(*args, **kwargs)
+        if group_fanout not in ("script", "pubsub"):
+            raise ValueError(f"group_fanout must be 'script' or 'pubsub', not {group_fanout!r}")
+        # "pubsub": a group send is one PUBLISH and each process fans out to its own members
+        # (app/realtime/layer/pubsub.py); "script": one script writes every process's inbox.
+        self.group_fanout = group_fanout
+        self._subscriptions: dict[asyncio.AbstractEventLoop, GroupSubscriptions] = {}
         self.read_batch = read_batch
         self._bzmpop = True  # until Redis says it has no such command
         # A group send runs as one script where the group lives when the members' inboxes are
@@ -234,6 +242,9 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
         readers = [*self._readers.values(), *self._watchers.values()]
         self._readers.clear()
         self._watchers.clear()
+        subscriptions = self._subscriptions.pop(asyncio.get_running_loop(), None)
+        if subscriptions is not None:
+            await subscriptions.stop()
         for reader in readers:
             reader.cancel()
         current = [r for r in readers if r.get_loop() is asyncio.get_running_loop()]
@@ -402,9 +413,27 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
             await asyncio.sleep(interval)
 
     # ------------------------------------------------------------------ groups
+    def subscriptions(self) -> GroupSubscriptions:
+        """This event loop's group subscriptions (pub/sub fan-out)."""
+        loop = asyncio.get_running_loop()
+        subscriptions = self._subscriptions.get(loop)
+        if subscriptions is None:
+            for old in [old for old in self._subscriptions if old.is_closed()]:
+                del self._subscriptions[old]
+            subscriptions = self._subscriptions[loop] = GroupSubscriptions(self)
+        return subscriptions
+
     async def group_add(self, group, channel):
         """Add a channel to a group, remembering local memberships for re-adding later."""
-        if channel.startswith(f"specific.{self.client_prefix}!"):
+        local = channel.startswith(f"specific.{self.client_prefix}!")
+        if self.group_fanout == "pubsub":
+            if not local:
+                raise ValueError("with pub/sub fan-out only this process's channels join groups")
+            self.local_groups[group].add(channel)
+            self._ensure_reader()
+            await self._retrying(self.subscriptions().add, group, name="group_add")
+            return
+        if local:
             self.local_groups[group].add(channel)
         await self._retrying(self._group_add_once, group, channel, name="group_add")
         if self.refused_since is not None:
@@ -426,6 +455,10 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
             members.discard(channel)
             if not members:
                 del self.local_groups[group]
+        if self.group_fanout == "pubsub":
+            if group not in self.local_groups:
+                await self._retrying(self.subscriptions().discard, group, name="group_discard")
+            return
         await self._retrying(super().group_discard, group, channel, name="group_discard")
 
     async def refresh_local_groups(self, channels=None) -> None:
@@ -434,6 +467,9 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
         The heartbeat refreshes a slot's channels at a time; a reconnect refreshes them all.
         """
         try:
+            if self.group_fanout == "pubsub" and channels is None:
+                # A new master: subscribe there (memberships live in this process only).
+                await self.subscriptions().reconnect()
             count = await self._write_local_groups(channels)
         except TRANSIENT_ERRORS as error:
             # The next successful operation re-adds them again.
@@ -449,6 +485,11 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
 
     async def _write_local_groups(self, only=None) -> int:
         """ZADD local memberships (those of channels in `only`, if given), a pipeline per shard."""
+        if self.group_fanout == "pubsub":
+            # Nothing is kept in Redis to refresh: the subscriber restores its subscriptions.
+            if only is None:
+                await self.connection(0).ping()  # still a probe of the master
+            return 0
         if not self.local_groups:
             if only is None:
                 await self.connection(0).ping()  # still a probe of the master when idle
@@ -488,7 +529,9 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
         metrics.GROUP_SEND_LATENCY.observe(time.monotonic() - started)
 
     async def _group_send_once(self, group, message):
-        if self._one_trip:
+        if self.group_fanout == "pubsub":
+            await self.subscriptions().publish(group, message)
+        elif self._one_trip:
             await self._group_send_in_redis(group, message)
         else:
             await self._group_send_mapped(group, message)

@@ -86,11 +86,16 @@ rehearse-storm: venv system-deps ## Kill -9 (or drain) one WebSocket process und
 
 # The fan-out benchmark: room sizes; DIAGNOSE=1 adds /proc counters and py-spy (not in the document).
 SIZES ?= 100,1000,5000
+SIZES_COST ?= 100,1000,10000,50000
 DIAGNOSE ?=
 
 .PHONY: bench
 bench: venv system-deps ## Fan-out benchmark, ours vs stock vs no-Django ceiling; writes docs/benchmarks.md (SIZES=, DIAGNOSE=1)
 	$(PY) -m loadtest.bench --sizes $(SIZES) $(if $(DIAGNOSE),--diagnose) --out docs/benchmarks.md
+
+.PHONY: bench-redis-cost
+bench-redis-cost: venv system-deps ## Redis CPU per group send by room size, script and pub/sub fan-out (SIZES_COST=100,1000,10000,50000)
+	$(PY) -m loadtest.redis_cost --sizes $(SIZES_COST)
 
 .PHONY: dev
 dev: venv ## One uvicorn process, in-memory layer, SQLite: a quick look at http://127.0.0.1:8000/

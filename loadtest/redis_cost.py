@@ -89,7 +89,7 @@ def measure(url: str, size: int, processes: int, sends: int, fanout: str = "scri
             for process in range(processes):
                 holder = layer()
                 holders.append(holder)
-                for _ in range(len(range(process, size, processes))):
+                for _ in range(process, size, processes):  # this process's share
                     holder.local_groups[group].add(await holder.new_channel())
                 await holder.subscriptions().add(group)
         await broadcast(sender, group, 1)  # warm: the script cached, the pool connected

@@ -443,9 +443,10 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
         # channels_redis's group_add with its ZADD and EXPIRE in one round trip, not two.
         assert self.require_valid_group_name(group), "Group name not valid"
         assert self.require_valid_channel_name(channel), "Channel name not valid"
+        key = channels_redis_adapter.group_key(self, group)
         pipe = self.connection(self.consistent_hash(group)).pipeline(transaction=False)
-        pipe.zadd(channels_redis_adapter.group_key(self, group), {channel: time.time()})
-        pipe.expire(channels_redis_adapter.group_key(self, group), self.group_expiry)
+        pipe.zadd(key, {channel: time.time()})
+        pipe.expire(key, self.group_expiry)
         await pipe.execute()
 
     async def group_discard(self, group, channel):

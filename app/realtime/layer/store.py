@@ -104,11 +104,6 @@ class RedisStore:
         await pipe.execute()
 
     @riding_failover("presence")
-    async def presence_remove(self, scope: str, member: str) -> None:
-        """Remove a member from a scope at once (clean disconnect)."""
-        await self.client.zrem(self.key("presence", scope), member)
-
-    @riding_failover("presence")
     async def presence_members(self, scope: str) -> list[str]:
         """List members whose entries have not expired, dropping the expired ones."""
         pipe = self.client.pipeline(transaction=False)
@@ -225,10 +220,6 @@ class MemoryStore:
         for scope, member in entries:
             await self.presence_touch(scope, member, ttl)
 
-    async def presence_remove(self, scope: str, member: str) -> None:
-        """Remove a member from a scope at once."""
-        self.presence.get(scope, {}).pop(member, None)
-
     async def room_presence(self, scope: str, room_id: int) -> tuple[list[str], int | None]:
         """A room's presence members and its recorded position."""
         return await self.presence_members(scope), self.positions.get(room_id)
@@ -236,7 +227,7 @@ class MemoryStore:
     async def presence_leave(self, entries: list[tuple[str, str]], scope: str) -> list[str]:
         """Remove several (scope, member) entries, then list `scope`'s members."""
         for entry_scope, member in entries:
-            await self.presence_remove(entry_scope, member)
+            self.presence.get(entry_scope, {}).pop(member, None)
         return await self.presence_members(scope)
 
     async def presence_members(self, scope: str) -> list[str]:

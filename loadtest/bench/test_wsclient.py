@@ -145,3 +145,46 @@ def test_a_message_that_comes_with_the_handshake_can_be_answered_at_once():
         return answer
 
     assert _run(main()) == "you said pong"
+
+
+def test_nothing_reaches_the_caller_from_a_handshake_it_gave_up_on():
+    """The answer and messages arriving after `connect` timed out are dropped with the socket.
+
+    A storm drill's client that timed out counted such messages and resumed from a position it
+    had not been sent the events up to.
+    """
+    import base64
+    import hashlib
+
+    from websockets.client import ClientProtocol
+    from websockets.uri import parse_uri
+
+    class Transport:
+        aborted = False
+
+        def write(self, data):
+            pass
+
+        def abort(self):
+            self.aborted = True
+
+    async def main():
+        protocol = ClientProtocol(parse_uri("ws://127.0.0.1:1/ws/chat/room/"))
+        request = protocol.connect()
+        protocol.send_request(request)
+        got = []
+        client = Client(protocol, on_message=lambda c, message: got.append(message))
+        client.transport = Transport()
+        client.handshake.cancel()  # connect's timeout
+        key = request.headers["Sec-WebSocket-Key"]
+        accept = base64.b64encode(hashlib.sha1(
+            (key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+        answer = ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n").encode()
+        frame = b"\x81\x05hello"  # an unmasked text frame from the server
+        client.data_received(answer + frame)
+        client.data_received(frame)
+        return got, client.transport.aborted
+
+    got, aborted = _run(main())
+    assert got == [] and aborted

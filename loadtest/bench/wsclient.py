@@ -83,11 +83,20 @@ class Client(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Feed the bytes to the protocol and hand on each whole message."""
+        handshake = self.handshake
+        if handshake.done() and (handshake.cancelled() or handshake.exception() is not None):
+            # `connect` gave up (its timeout) or the handshake failed: the caller counts this
+            # connection as never made, so nothing on it may reach the caller. The answer can
+            # still arrive before `connect` aborts the socket, and with it messages: a drill
+            # counted them, and resumed from a position it had not been sent the events up to.
+            self.abort()
+            return
         protocol = self.protocol
         protocol.receive_data(data)
         for event in protocol.events_received():
             if isinstance(event, Response):
-                if self.handshake.done():  # connect gave up (its timeout)
+                if handshake.done():  # connect gave up (its timeout)
+                    self.abort()
                     return
                 if protocol.handshake_exc is not None:
                     self.handshake.set_exception(protocol.handshake_exc)

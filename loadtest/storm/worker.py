@@ -21,6 +21,7 @@ from loadtest.bench.wsclient import Client
 
 from .tracking import SeqTrack, outcome_of, reconnect_delay
 
+LOG_ENTRIES = 12
 SEQ_EVENTS = frozenset({"message", "message_edited", "message_deleted", "reaction"})
 
 
@@ -45,6 +46,12 @@ class StormClient:
     task: asyncio.Task | None = None
     token: object = None  # identifies the current connection to its frame callback
     resumed_from: int | None = None  # the last_seq of the current connection
+    log: list[str] = field(default_factory=list)  # its connections, for the loss samples
+
+    def note(self, what: str) -> None:
+        """Remember a step of this client's connections (the last few), timed from the epoch."""
+        self.log.append(f"{time.time() % 1000:.1f} {what}")
+        del self.log[:-LOG_ENTRIES]
 
     @property
     def open(self) -> bool:
@@ -158,6 +165,7 @@ class StormWorker(Worker):
         phase = self.phase
         gate = self.gate or contextlib.nullcontext()
         async with gate:
+            client.note(f"open last_seq={position}")
             try:
                 client.ws = await Client.connect(
                     url, spec.headers, self.handshake_timeout,
@@ -166,6 +174,7 @@ class StormWorker(Worker):
                         client, ws, text))
             except Exception as error:
                 self.outcomes[phase][outcome_of(error)] += 1
+                client.note(f"failed {outcome_of(error)}")
                 client.ws = None
                 return None, False
             ws = client.ws
@@ -176,6 +185,7 @@ class StormWorker(Worker):
                 self.outcomes[phase][f"close {ws.closed.result()}"] += 1
                 return ws.closed.result(), False
             self.outcomes[phase]["no welcome (timeout)"] += 1
+            client.note("no welcome")
             ws.abort()
             await asyncio.wait([ws.closed], timeout=5)
             return 1006, False
@@ -187,6 +197,8 @@ class StormWorker(Worker):
                 and client.generation > client.fault_generation):
             client.resumed_at = now
         await asyncio.wait([ws.closed, client.leave], return_when=asyncio.FIRST_COMPLETED)
+        client.note(f"closed {ws.closed.result() if ws.closed.done() else 'on reconnect'}"
+                    f" at seq {client.track.highest}")
         if self.fault_at is not None and not self.stopping and client.reopen is None:
             client.lost_socket = True
         if client.leave.done() and not ws.closed.done():
@@ -205,6 +217,9 @@ class StormWorker(Worker):
         if kind in SEQ_EVENTS:
             if frame.get("history") or not isinstance(seq, int):
                 return
+            if client.track.highest is not None and seq > client.track.highest + 1:
+                client.note(f"gap: {seq} after {client.track.highest}"
+                            f"{' (replay)' if frame.get('replay') else ''}")
             if not client.track.event(seq) and len(self.duplicate_samples) < 10:
                 self.duplicate_samples.append({
                     "cid": client.spec.cid, "room": client.spec.room, "seq": seq,
@@ -220,10 +235,12 @@ class StormWorker(Worker):
             client.node = frame.get("node", "")
             client.welcomed = True
         elif kind == "history_end":
+            client.note(f"history_end {seq} from {client.node}")
             client.track.joined(seq)
             if not client.synced.done():
                 client.synced.set_result("history")
         elif kind == "resume_end":
+            client.note(f"resume_end {seq} replayed {frame.get('replayed')} from {client.node}")
             if not client.synced.done():
                 client.synced.set_result("resume")
         elif kind == "reconnect":
@@ -313,7 +330,8 @@ class StormWorker(Worker):
                 lost_clients += 1
                 if len(samples) < 5:
                     samples.append({"cid": client.spec.cid, "room": client.spec.room,
-                                    "missing": missing[:10]})
+                                    "missing": missing[:10], "count": len(missing),
+                                    "log": client.log})
         fault = self.fault_at or 0.0
         return {
             "clients": len(clients),

@@ -59,14 +59,15 @@ chart: venv ## Render the chart to build/chart for review
 USERS ?= 100
 ROOMS ?= 10
 DURATION ?= 90
+SHARD ?= 1
 
 .PHONY: soak
 soak: venv ## Locust soak against make run's topology, memory/fd/Redis sampled (USERS=100 ROOMS=10 DURATION=90)
 	$(PY) -m loadtest.run soak --users $(USERS) --rooms $(ROOMS) --duration $(DURATION)
 
 .PHONY: rehearse-failover
-rehearse-failover: venv ## Kill the Redis master mid-soak; prints dropped sockets, loss, reconnect and RTT figures
-	$(PY) -m loadtest.run failover
+rehearse-failover: venv ## Kill the Redis master mid-soak; prints dropped sockets, loss, reconnect and RTT figures (SHARD=2 with make run SHARDS=2)
+	$(PY) -m loadtest.run failover --shard $(SHARD)
 
 .PHONY: rehearse-deploy
 rehearse-deploy: venv system-deps ## The chart in the local cluster: smoke, Redis pod killed, rolling deploy, forged XFF (prints figures)
@@ -105,7 +106,7 @@ dev: venv ## One uvicorn process, in-memory layer, SQLite: a quick look at http:
 	DEBUG=1 BIND=127.0.0.1 PORT=8000 $(PY) -m app.realtime.server.uvicorn_server
 
 .PHONY: run
-run: venv system-deps ## Start the whole topology (Redis+Sentinel, 2 uvicorn WS, 2 gunicorn, nginx) on :8000
+run: venv system-deps ## Start the whole topology (Redis+Sentinel, 2 uvicorn WS, 2 gunicorn, nginx) on :8000; SHARDS=2: two Redis masters
 	$(PY) -m deploy.local up
 
 .PHONY: stop

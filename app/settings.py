@@ -114,7 +114,8 @@ else:
 
 # ---------------------------------------------------------------------------- redis
 # Either a plain URL (REDIS_URL) or Sentinel (REDIS_SENTINELS + REDIS_MASTER_NAME).
-# The channel layer, the cache (sessions, rate limits) and presence all use this one Redis.
+# The cache (sessions, rate limits) and presence use this one Redis; the channel layer uses
+# it too, or spreads rooms and process inboxes over REDIS_SHARDS.
 REDIS_URL = env("REDIS_URL")
 REDIS_SENTINELS = [
     (host, int(port))
@@ -155,6 +156,21 @@ elif REDIS_URL:
 else:
     REDIS_CONNECTION = None
 
+
+def _shard(name: str) -> dict:
+    """A channel layer host: another master the same sentinels watch, or a Redis URL."""
+    if REDIS_SENTINELS:
+        return {**REDIS_CONNECTION, "master_name": name}
+    return {"address": name, **REDIS_POOL}
+
+
+# The channel layer's shards (docs/channel-layer.md, "Shards"): Sentinel master names (one
+# Sentinel set watches them all) or Redis URLs. Groups and process inboxes are spread over
+# them by rendezvous hashing; a failover of one touches only its rooms.
+REDIS_SHARDS = env_list("REDIS_SHARDS") or (
+    [REDIS_MASTER_NAME] if REDIS_SENTINELS else [REDIS_URL] if REDIS_URL else [])
+CHANNEL_LAYER_HOSTS = [_shard(name) for name in REDIS_SHARDS] if REDIS_CONNECTION else []
+
 # ---------------------------------------------------------------------------- channel layer
 # Chosen in docs/channel-layer.md: a short group_expiry is safe because consumers refresh
 # their memberships on every heartbeat, and it makes a dead process's memberships vanish fast.
@@ -169,7 +185,7 @@ if REDIS_CONNECTION:
         "default": {
             "BACKEND": "app.realtime.layer.channel_layer.ResilientRedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_CONNECTION],
+                "hosts": CHANNEL_LAYER_HOSTS,
                 "prefix": f"{REDIS_PREFIX}:asgi",
                 "capacity": CHANNEL_CAPACITY,
                 "expiry": CHANNEL_EXPIRY,

@@ -71,6 +71,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--hold-down", type=float, default=10.0,
                         help="failover: seconds the killed master stays down (0: supervisor "
                              "restarts it at once, usually too fast for a failover)")
+    parser.add_argument("--shard", type=int, default=1,
+                        help="failover: which Redis shard's master to kill (1: the first; "
+                             "the topology's shard count is $SHARDS, as for make run)")
     parser.add_argument("--host", help="target URL (default: the topology's nginx)")
     parser.add_argument("--out", type=Path, help="run folder")
     parser.add_argument("--state-dir", type=Path, default=REPO / "var" / "run",
@@ -174,15 +177,16 @@ def wait_layer_back(topology: Topology, timeout: float = 90) -> dict[str, dict]:
         time.sleep(0.3)
 
 
-def kill_redis_master(topology: Topology, hold_down: float, windows: list[dict]) -> None:
-    """SIGKILL the Redis master (kept down hold_down s); the window ends when all is back.
+def kill_redis_master(topology: Topology, hold_down: float, windows: list[dict],
+                      shard: int = 0) -> None:
+    """SIGKILL a shard's Redis master (kept down hold_down s); the window ends when all is back.
 
     With hold_down 0 supervisor restarts the master at once, usually before the sentinels'
     down-after, so there is no failover: the master comes back empty (+reboot). With a
     hold-down longer than down-after the sentinels promote the replica, and the old master
     rejoins as a replica when it is started again.
     """
-    _, port = topology.redis_master()
+    _, port = topology.redis_master(shard)
     program = topology.redis_program(port)
     window = {"name": f"{program} killed", "start": time.time(), "end": None}
     windows.append(window)
@@ -195,9 +199,9 @@ def kill_redis_master(topology: Topology, hold_down: float, windows: list[dict])
     promoted = None
     while time.time() - start < max(hold_down, 1.0):
         try:
-            if promoted is None and topology.redis_master()[1] != port:
+            if promoted is None and topology.redis_master(shard)[1] != port:
                 promoted = time.time()
-                print(f"[fault] sentinels promoted {topology.redis_master()[1]} after "
+                print(f"[fault] sentinels promoted {topology.redis_master(shard)[1]} after "
                       f"{promoted - start:.1f} s", flush=True)
         except RuntimeError:
             pass
@@ -209,7 +213,7 @@ def kill_redis_master(topology: Topology, hold_down: float, windows: list[dict])
     end = window["end"] = time.time()
     canary = {name: c.get("canary") for name, c in checks.items() if "canary" in c}
     print(f"[fault] every process reaches Redis again after {end - start:.1f} s; "
-          f"master now on port {topology.redis_master()[1]}; canary checks {canary}",
+          f"master now on port {topology.redis_master(shard)[1]}; canary checks {canary}",
           flush=True)
 
 
@@ -259,7 +263,7 @@ def inject(args, topology: Topology, out: Path, proc: subprocess.Popen) -> None:
     windows: list[dict] = []
     try:
         if args.scenario == "failover":
-            kill_redis_master(topology, args.hold_down, windows)
+            kill_redis_master(topology, args.hold_down, windows, args.shard - 1)
         else:
             roll_ws_processes(topology, windows)
     finally:
@@ -285,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one scenario; 0 when every threshold passed."""
     args = parse(argv)
     topology = Topology(args.state_dir, ports=Ports().shifted(args.port_offset),
-                        monitoring=False)
+                        monitoring=False, shards=int(os.environ.get("SHARDS") or 1))
     host = args.host or topology.url
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = (args.out or REPO / "build" / "loadtest" / f"{args.scenario}-{stamp}").resolve()

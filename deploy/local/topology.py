@@ -97,7 +97,7 @@ class Topology:
     def __init__(self, state_dir: Path | str = REPO / "var" / "run", ports: Ports = Ports(),
                  env: dict[str, str] | None = None, monitoring: bool | None = None,
                  ws_env: dict[str, str] | None = None,
-                 nginx_values: dict[str, str] | None = None):
+                 nginx_values: dict[str, str] | None = None, shards: int = 1):
         self.state = Path(state_dir).resolve()
         self.ports = ports
         self.extra_env = env or {}
@@ -109,6 +109,7 @@ class Topology:
             master_port=ports.redis_master,
             replica_port=ports.redis_replica,
             sentinel_ports=ports.sentinels,
+            shards=shards,
         )
         self.conf = self.state / "supervisord.conf"
         self.redis_restart_delay = 5
@@ -160,6 +161,8 @@ class Topology:
             "REDIS_MASTER_NAME": self.redis.master_name,
             "REDIS_PASSWORD": self.redis.password,
             "REDIS_SENTINEL_PASSWORD": self.redis.sentinel_password,
+            # The channel layer's shards: every master the sentinels watch (one: the default).
+            "REDIS_SHARDS": ",".join(name for name, _, _ in self.redis.masters),
             "SQLITE_PATH": str(self.state / "chanfleet.sqlite3"),
             "SERVICE_TOKEN": "chanfleet-local-service-token",
             "STATIC_ROOT": str(REPO / "staticfiles"),
@@ -167,7 +170,7 @@ class Topology:
             # Never inherit a test runner's settings module (app.settings_test).
             "DJANGO_SETTINGS_MODULE": "app.settings",
         }
-        for name in ("DATABASE_URL", "LOG_LEVEL"):
+        for name in ("DATABASE_URL", "LOG_LEVEL", "CHANNEL_GROUP_FANOUT"):
             if os.environ.get(name):
                 env[name] = os.environ[name]
         if env.get("DATABASE_URL") and self.own_database:
@@ -280,14 +283,16 @@ class Topology:
             "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n",
             f"[supervisorctl]\nserverurl=unix://{state / 'supervisor.sock'}\n",
         ]
-        for priority, name in enumerate(("master", "replica"), start=10):
-            # A crashed data node comes back after a pause, like a Kubernetes restart back-off:
-            # an instant restart would beat Sentinel's down-after and hide the failover (and
-            # bring the node back as master with an old snapshot).
-            marker = redis_dir / name / ".started"
-            command = (f"/bin/sh -c 'if [ -e {marker} ]; then sleep {self.redis_restart_delay}; "
-                       f"fi; touch {marker}; exec {redis_command(redis_dir / f'{name}.conf')}'")
-            sections.append(self._program(f"redis-{name}", command, priority))
+        for shard in range(self.redis.shards):
+            for priority, name in enumerate(self.redis.node_names(shard), start=10):
+                # A crashed data node comes back after a pause, like a Kubernetes restart
+                # back-off: an instant restart would beat Sentinel's down-after and hide the
+                # failover (and bring the node back as master with an old snapshot).
+                marker = redis_dir / name / ".started"
+                command = (f"/bin/sh -c 'if [ -e {marker} ]; then sleep "
+                           f"{self.redis_restart_delay}; fi; touch {marker}; "
+                           f"exec {redis_command(redis_dir / f'{name}.conf')}'")
+                sections.append(self._program(f"redis-{name}", command, priority))
         for i in range(1, len(self.ports.sentinels) + 1):
             sections.append(self._program(
                 f"sentinel-{i}", redis_command(redis_dir / f"sentinel-{i}.conf", sentinel=True), 12
@@ -460,8 +465,8 @@ class Topology:
             os.kill(pid, signal.SIGKILL)
         self.drop_database()
 
-    def redis_master(self) -> tuple[str, int]:
-        """The master address the sentinels agree on now."""
+    def redis_master(self, shard: int = 0) -> tuple[str, int]:
+        """The master address of a shard the sentinels agree on now."""
         import redis
 
         for port in self.ports.sentinels:
@@ -470,7 +475,7 @@ class Topology:
                                      decode_responses=True,
                                      password=self.redis.sentinel_password)
                 host, master_port = client.sentinel_get_master_addr_by_name(
-                    self.redis.master_name)
+                    self.redis.masters[shard][0])
                 return host, int(master_port)
             except Exception:
                 continue
@@ -478,5 +483,8 @@ class Topology:
 
     def redis_program(self, port: int) -> str:
         """The supervisor program serving a Redis port."""
-        return {self.ports.redis_master: "redis-master",
-                self.ports.redis_replica: "redis-replica"}[port]
+        programs = {}
+        for shard, (_, master_port, replica_port) in enumerate(self.redis.masters):
+            master, replica = self.redis.node_names(shard)
+            programs[master_port], programs[replica_port] = f"redis-{master}", f"redis-{replica}"
+        return programs[port]

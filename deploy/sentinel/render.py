@@ -42,6 +42,9 @@ class LocalTopology:
     down_after_ms: int = 1000
     failover_timeout_ms: int = 10_000
     maxmemory: str = "256mb"
+    # Channel layer shards: shard i > 0 is master `<master_name>-<i+1>` with its own replica,
+    # on the ports ten times i above the first's; the same sentinels watch every master.
+    shards: int = 1
     # Local-only defaults; production passwords come from Kubernetes Secrets.
     password: str = "chanfleet-local-redis"
     sentinel_password: str = "chanfleet-local-sentinel"
@@ -50,6 +53,19 @@ class LocalTopology:
     def sentinels(self) -> list[tuple[str, int]]:
         """Return the sentinel addresses as (host, port) pairs, as clients are configured."""
         return [(self.host, port) for port in self.sentinel_ports]
+
+    @property
+    def masters(self) -> list[tuple[str, int, int]]:
+        """(master name, master port, replica port) of each shard, the first one first."""
+        return [(self.master_name if i == 0 else f"{self.master_name}-{i + 1}",
+                 self.master_port + 10 * i, self.replica_port + 10 * i)
+                for i in range(self.shards)]
+
+    @staticmethod
+    def node_names(shard: int) -> tuple[str, str]:
+        """The config (and program) names of a shard's master and replica."""
+        suffix = "" if shard == 0 else f"-{shard + 1}"
+        return f"master{suffix}", f"replica{suffix}"
 
 
 LOCAL_DEFAULTS = LocalTopology()
@@ -136,10 +152,39 @@ def render_sentinel_conf(
     down_after_ms: int = LOCAL_DEFAULTS.down_after_ms,
     failover_timeout_ms: int = LOCAL_DEFAULTS.failover_timeout_ms,
     quorum: int = 2,
+    more_masters: tuple[tuple[str, str, int], ...] = (),
 ) -> str:
-    """Render sentinel.conf.tmpl for one sentinel watching ``master_name`` (quorum of sentinels)."""
+    """Render sentinel.conf.tmpl for one sentinel watching ``master_name`` (quorum of sentinels).
+
+    ``more_masters`` ((name, host, port), ...) are watched too, with the same settings: the
+    template's monitored-master section is repeated for each.
+    """
     if int(down_after_ms) <= 0 or int(failover_timeout_ms) <= 0:
         raise ValueError("down_after_ms and failover_timeout_ms must be positive milliseconds")
+    text = _render_sentinel(port=port, data_dir=data_dir, password=password,
+                            sentinel_password=sentinel_password, master_host=master_host,
+                            master_port=master_port, master_name=master_name, bind=bind,
+                            announce_ip=announce_ip, announce_port=announce_port,
+                            down_after_ms=down_after_ms,
+                            failover_timeout_ms=failover_timeout_ms, quorum=quorum)
+    for name, host, extra_port in more_masters:
+        other = _render_sentinel(port=port, data_dir=data_dir, password=password,
+                                 sentinel_password=sentinel_password, master_host=host,
+                                 master_port=extra_port, master_name=name, bind=bind,
+                                 announce_ip=announce_ip, announce_port=announce_port,
+                                 down_after_ms=down_after_ms,
+                                 failover_timeout_ms=failover_timeout_ms, quorum=quorum)
+        text += "\n" + other[other.index(MASTER_SECTION):]
+    return text
+
+
+# Where the template's per-master settings begin (repeated for each extra master).
+MASTER_SECTION = "# " + "-" * 64 + " the monitored master"
+
+
+def _render_sentinel(*, port, data_dir, password, sentinel_password, master_host, master_port,
+                     master_name, bind, announce_ip, announce_port, down_after_ms,
+                     failover_timeout_ms, quorum) -> str:
     return render(
         SENTINEL_TEMPLATE.read_text(),
         {
@@ -180,8 +225,11 @@ def write_local_configs(
         path.chmod(0o600)  # it holds passwords
         written[name] = path
 
-    nodes = {"master": (topology.master_port, None)}
-    nodes["replica"] = (topology.replica_port, (topology.host, topology.master_port))
+    nodes = {}
+    for shard, (_, master_port, replica_port) in enumerate(topology.masters):
+        master, replica = topology.node_names(shard)
+        nodes[master] = (master_port, None)
+        nodes[replica] = (replica_port, (topology.host, master_port))
     for name, (port, replicaof) in nodes.items():
         data_dir = state / name
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -209,6 +257,8 @@ def write_local_configs(
             bind=topology.host,
             down_after_ms=topology.down_after_ms,
             failover_timeout_ms=topology.failover_timeout_ms,
+            more_masters=tuple((master, topology.host, master_port)
+                               for master, master_port, _ in topology.masters[1:]),
         )
         write(name, conf)
     return written

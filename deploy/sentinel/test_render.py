@@ -210,3 +210,17 @@ def test_cli_overwrites_a_previous_runs_rewritten_config(tmp_path):
     (tmp_path / "sentinel-1.conf").write_text("sentinel myid deadbeef\n")
     r.main(["--state-dir", str(tmp_path)])
     assert "sentinel myid" not in (tmp_path / "sentinel-1.conf").read_text()
+
+
+def test_two_shards_get_their_own_nodes_and_the_same_sentinels_watch_both(tmp_path):
+    written = r.write_local_configs(tmp_path, topology=r.LocalTopology(shards=2))
+    assert sorted(written) == ["master", "master-2", "replica", "replica-2",
+                               "sentinel-1", "sentinel-2", "sentinel-3"]
+    assert "replicaof 127.0.0.1 6390" in written["replica-2"].read_text()
+    assert "port 6391" in written["replica-2"].read_text()
+    sentinel = written["sentinel-2"].read_text()
+    assert re.findall(r"^sentinel monitor (\S+) \S+ (\d+) 2$", sentinel, re.M) == [
+        ("chanfleet", "6380"), ("chanfleet-2", "6390")]
+    for setting in ("auth-pass", "down-after-milliseconds", "failover-timeout", "parallel-syncs"):
+        assert len(re.findall(rf"^sentinel {setting} chanfleet-2 ", sentinel, re.M)) == 1
+    assert sentinel.count("\nport ") == 1  # the sentinel's own settings are not repeated

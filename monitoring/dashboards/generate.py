@@ -378,8 +378,10 @@ def channel_layer() -> dict:
                             f"(increase(chanfleet_layer_outage_seconds_bucket{{{APP}}}"
                             "[$__range])))", unit="s", span=5),
                 single_stat("Redis masters in use", "Distinct Redis master addresses the "
-                            "processes last used (more than 1 = processes disagree).",
-                            f"count(count by (address) (chanfleet_redis_master_info{{{APP}}}))",
+                            "processes last used for one shard, the highest over the shards "
+                            "(more than 1 = processes disagree).",
+                            "max(count by (shard) (count by (shard, address) "
+                            f"(chanfleet_redis_master_info{{{APP}}})))",
                             red_above=2, span=4),
                 graph("Channel layer available per process",
                       "1 while the process's channel layer reaches Redis, 0 during an outage.",
@@ -401,9 +403,10 @@ def channel_layer() -> dict:
             ]),
             ("Redis master", [
                 graph("Redis master used by the channel layer",
-                      "Processes per Redis master address (chanfleet_redis_master_info).",
-                      [(f"count by (address) (chanfleet_redis_master_info{{{APP}}})",
-                        "{{address}}")], span=8),
+                      "Processes per shard and Redis master address "
+                      "(chanfleet_redis_master_info).",
+                      [(f"count by (shard, address) (chanfleet_redis_master_info{{{APP}}})",
+                        "{{shard}} {{address}}")], span=8),
                 graph("Redis master changes",
                       "New Redis masters named by Sentinel, as seen by each WebSocket process "
                       "(chanfleet_redis_master_changes_total).",

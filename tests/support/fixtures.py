@@ -35,6 +35,23 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
 
 
+@pytest.fixture(scope="session")
+def second_redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """Another standalone redis-server: a second shard for the sharded layer's tests."""
+    _require_redis_server()
+    server = RedisServer(base_dir=tmp_path_factory.mktemp("redis-server-2"))
+    with server:
+        yield server
+
+
+@pytest.fixture
+def second_redis_url(second_redis_server: RedisServer) -> str:
+    """The second server's URL, FLUSHALLed so each test starts empty."""
+    with second_redis_server.client() as client:
+        client.flushall()
+    return second_redis_server.url
+
+
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
     """The session server's URL (with password), FLUSHALLed so each test starts empty."""
@@ -49,4 +66,13 @@ def sentinel_topology(tmp_path: Path) -> Iterator[SentinelTopology]:
     _require_redis_server()
     # Configs and logs stay in tmp_path after the test, for post-mortems of a failed failover.
     with SentinelTopology(down_after_ms=1000, base_dir=tmp_path / "sentinel") as topology:
+        yield topology
+
+
+@pytest.fixture
+def second_sentinel_topology(tmp_path: Path) -> Iterator[SentinelTopology]:
+    """Another master + replica + 3 sentinels under its own master name: a second shard."""
+    _require_redis_server()
+    with SentinelTopology(master_name="chanfleet-2", down_after_ms=1000,
+                          base_dir=tmp_path / "sentinel-2") as topology:
         yield topology

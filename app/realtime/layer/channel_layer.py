@@ -33,6 +33,7 @@ from redis.asyncio.sentinel import SentinelConnectionPool
 from app.realtime.adapters import channels_redis as channels_redis_adapter
 from app.realtime.adapters import redis as redis_adapter
 from app.realtime.consumers.delivery import RUN, WRITTEN, FanoutReceiver, WaitQueue
+from app.realtime.layer import shards
 from app.realtime.layer.pubsub import GroupSubscriptions
 from app.realtime.layer.retrying import (
     TRANSIENT_ERRORS,
@@ -75,12 +76,16 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
     def __init__(self, *args, retry_seconds=8.0, backoff_max=0.25, read_batch=256,
                  group_fanout="script", **kwargs):
         super().__init__(*args, **kwargs)
+        # Each host is a shard (a Sentinel-managed master or a server) holding the groups and
+        # process inboxes that hash to it (app/realtime/layer/shards.py).
+        self.shard_names = [shards.shard_name(host) for host in self.hosts]
+        self.ring = shards.Ring(self.shard_names)
         if group_fanout not in ("script", "pubsub"):
             raise ValueError(f"group_fanout must be 'script' or 'pubsub', not {group_fanout!r}")
         # "pubsub": a group send is one PUBLISH and each process fans out to its own members
         # (app/realtime/layer/pubsub.py); "script": one script writes every process's inbox.
         self.group_fanout = group_fanout
-        self._subscriptions: dict[asyncio.AbstractEventLoop, GroupSubscriptions] = {}
+        self._subscriptions: dict[asyncio.AbstractEventLoop, list[GroupSubscriptions]] = {}
         self.read_batch = read_batch
         self._bzmpop = True  # until Redis says it has no such command
         # A group send runs as one script where the group lives when the members' inboxes are
@@ -93,55 +98,71 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
         self.retry_seconds = retry_seconds
         self.backoff_max = backoff_max
         self._readers: dict[asyncio.AbstractEventLoop, asyncio.Task] = {}
-        self._watchers: dict[asyncio.AbstractEventLoop, asyncio.Task] = {}
-        self.master_address: tuple[str, int] | None = None
+        self._watchers: dict[asyncio.AbstractEventLoop, list[asyncio.Task]] = {}
+        self.master_addresses: dict[int, tuple[str, int]] = {}  # by shard, as Sentinel names them
         self._queues: dict[str, Mailbox] = {}
         # Consumers the reader may hand fan-out events to directly (see _deliver).
         self._receivers: dict[str, FanoutReceiver] = {}
         self.local_groups: dict[str, set[str]] = collections.defaultdict(set)
-        self.outage_started: float | None = None
+        self.outages: dict[int, float] = {}  # shard -> when its outage began
         # Set while Redis refuses our writes for lack of memory (see _after_refusals).
         self.refused_since: float | None = None
         metrics.LAYER_AVAILABLE.set(1)
 
     # ------------------------------------------------------------------ outage bookkeeping
-    def _mark_error(self, error: BaseException) -> None:
-        if self.outage_started is None:
-            self.outage_started = time.monotonic()
+    def _mark_error(self, error: BaseException, shard: int = 0) -> None:
+        """Note the start of an outage of `shard` (a failover, a partition) on its first error."""
+        if shard not in self.outages:
+            self.outages[shard] = time.monotonic()
             metrics.LAYER_FAILOVERS.inc()
             metrics.LAYER_AVAILABLE.set(0)
-            logger.warning("channel layer lost Redis: %r", error)
+            logger.warning("channel layer lost Redis shard %s: %r",
+                           self.shard_names[shard], error)
 
-    async def _recover(self) -> bool:
-        """Probe Redis after an error: re-add this process's memberships, ending the outage.
+    async def _recover(self, shard: int | None = None) -> bool:
+        """Probe a shard after an error (None: every shard in an outage); True once it answers.
 
-        The probe is the re-adding itself, so that the first operation after a failover already
-        finds every local membership on the new master.
+        The probe is the re-adding of this process's memberships on that shard, so that the
+        first operation after a failover already finds every local membership on the new
+        master. Other shards' operations go on meanwhile: an outage is its shard's alone.
         """
-        started = self.outage_started
+        if shard is None:
+            return all([await self._recover(index) for index in list(self.outages)])
+        started = self.outages.get(shard)
         if started is None:
             return True
         try:
-            await self._write_local_groups()
+            await self._write_local_groups(shard=shard)
         except TRANSIENT_ERRORS:
             return False
         except redis_errors.OutOfMemoryError as error:
             # Reachable but full (a promoted replica is as full as its master was): the
             # outage is over, the memberships wait for memory (_after_refusals).
             self._count_refusal("memberships", error)
-        if self.outage_started is not started:
+        if self.outages.get(shard) is not started:
             return True  # another caller's probe ended this outage while ours ran
         outage = time.monotonic() - started
-        self.outage_started = None
+        del self.outages[shard]
         metrics.LAYER_OUTAGE.observe(outage)
-        metrics.LAYER_AVAILABLE.set(1)
-        logger.warning("channel layer reached Redis again after %.2fs", outage)
+        if not self.outages:
+            metrics.LAYER_AVAILABLE.set(1)
+        logger.warning("channel layer reached Redis shard %s again after %.2fs",
+                       self.shard_names[shard], outage)
         return True
 
     @property
     def is_available(self) -> bool:
-        """True unless the layer is inside an outage window."""
-        return self.outage_started is None
+        """True unless a shard of the layer is inside an outage window."""
+        return not self.outages
+
+    @property
+    def master_address(self) -> tuple[str, int] | None:
+        """The first shard's master as Sentinel names it (None before it is known)."""
+        return self.master_addresses.get(0)
+
+    def consistent_hash(self, value) -> int:
+        """The shard holding a group or a process's inbox (rendezvous hashing, see shards.py)."""
+        return self.ring.index(value)
 
     # ------------------------------------------------------------------ a full Redis
     def _count_refusal(self, operation: str, error: BaseException) -> None:
@@ -178,27 +199,31 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
         logger.warning("Redis takes the channel layer's writes again after %.1fs; "
                        "%d memberships re-added", time.monotonic() - started, count)
 
-    async def _retrying(self, operation, *args, name: str, counter=None):
-        """Run an operation, retrying transient Redis errors with backoff for retry_seconds.
+    async def _retrying(self, operation, *args, name: str, counter=None, shard: int = 0):
+        """Run an operation on `shard`, retrying transient Redis errors for retry_seconds.
 
         `name` labels the operation's OOM refusals, which are raised as RedisFull at once.
         """
         def retrying(error):
-            self._mark_error(error)
+            self._mark_error(error, shard)
             if counter is not None:
                 counter.inc()
+
+        async def recover():
+            await self._recover(shard)
 
         try:
             result = await retry_transient(operation, *args, seconds=self.retry_seconds,
                                            backoff_max=self.backoff_max, on_retry=retrying,
-                                           after_sleep=self._recover)
+                                           after_sleep=recover)
         except TRANSIENT_ERRORS as error:
-            self._mark_error(error)
+            self._mark_error(error, shard)
             raise LayerUnavailable(str(error)) from error
         except redis_errors.OutOfMemoryError as error:
             self._count_refusal(name, error)
             raise RedisFull(str(error)) from error
-        await self._recover()
+        if self.outages:
+            await self._recover(shard)
         return result
 
     def create_pool(self, index):
@@ -214,7 +239,8 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
         """Wait for the next message of a channel; never raises on Redis errors."""
         if "!" not in channel:
             # Normal (non-process-local) channels keep the stock behaviour, with retries.
-            return await self._retrying(super().receive, channel, name="receive")
+            return await self._retrying(super().receive, channel, name="receive",
+                                        shard=self.consistent_hash(channel))
         queue = self._queues.get(channel)
         if queue is None:
             queue = self._queues[channel] = Mailbox()
@@ -239,11 +265,10 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
 
     async def stop_readers(self) -> None:
         """Cancel this process's reader tasks (tests, before their event loop closes)."""
-        readers = [*self._readers.values(), *self._watchers.values()]
+        readers = [*self._readers.values(), *(w for ws in self._watchers.values() for w in ws)]
         self._readers.clear()
         self._watchers.clear()
-        subscriptions = self._subscriptions.pop(asyncio.get_running_loop(), None)
-        if subscriptions is not None:
+        for subscriptions in self._subscriptions.pop(asyncio.get_running_loop(), []):
             await subscriptions.stop()
         for reader in readers:
             reader.cancel()
@@ -285,7 +310,8 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
                 for old in [old for old in tasks if old.is_closed()]:
                     del tasks[old]
             self._readers[loop] = loop.create_task(self._read_forever())
-            self._watchers[loop] = loop.create_task(self._watch_master())
+            self._watchers[loop] = [loop.create_task(self._watch_master(shard))
+                                    for shard in range(self.ring_size)]
 
     async def _read_forever(self) -> None:
         """Pull this process's messages from Redis in batches and route them to channel queues."""
@@ -298,15 +324,16 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
                 raise
             except TRANSIENT_ERRORS as error:
                 metrics.LAYER_RECEIVE_ERRORS.inc()
-                self._mark_error(error)
+                self._mark_error(error, index)
                 # Probe before blocking in BZPOPMIN again, so recovery (and the re-added
                 # memberships) happen as soon as the new master answers, not 5 s later.
                 for step in backoff_steps(self.backoff_max):
                     await asyncio.sleep(step)
-                    if await self._recover():
+                    if await self._recover(index):
                         break
                 continue
-            await self._recover()
+            if self.outages:
+                await self._recover(index)
             for content in batch:
                 try:
                     message = self.deserialize(content)
@@ -386,12 +413,17 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
                     continue
             queue.put(message)
 
-    async def _watch_master(self, interval: float = 1.0) -> None:
-        """Ask Sentinel for the master every second; on a change, re-add memberships at once."""
-        pool = self.connection(0).connection_pool
+    async def _watch_master(self, shard: int = 0, interval: float = 1.0) -> None:
+        """Ask Sentinel for a shard's master every second; on a change, re-add its memberships.
+
+        Only that shard's groups are re-added (and, with pub/sub fan-out, subscribed again):
+        a failover of one shard leaves the others' traffic alone.
+        """
+        pool = self.connection(shard).connection_pool
+        info = metrics.REDIS_MASTER.labels(self.shard_names[shard])
         if not isinstance(pool, SentinelConnectionPool):
             kwargs = pool.connection_kwargs
-            metrics.REDIS_MASTER.info({"address": f"{kwargs.get('host')}:{kwargs.get('port')}"})
+            info.info({"address": f"{kwargs.get('host')}:{kwargs.get('port')}"})
             return
         while True:
             try:
@@ -402,26 +434,31 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
                 raise
             except Exception:
                 address = None  # no sentinel knows a master: the failover is in progress
-            if address is not None and address != self.master_address:
-                if self.master_address is not None:
+            known = self.master_addresses.get(shard)
+            if address is not None and address != known:
+                if known is not None:
                     metrics.MASTER_CHANGES.inc()
-                    logger.warning("Redis master moved from %s to %s", self.master_address,
-                                   address)
-                    await self.refresh_local_groups()
-                self.master_address = address
-                metrics.REDIS_MASTER.info({"address": f"{address[0]}:{address[1]}"})
+                    logger.warning("Redis master of shard %s moved from %s to %s",
+                                   self.shard_names[shard], known, address)
+                    await self.refresh_local_groups(shard=shard)
+                self.master_addresses[shard] = address
+                info.info({"address": f"{address[0]}:{address[1]}"})
             await asyncio.sleep(interval)
 
     # ------------------------------------------------------------------ groups
-    def subscriptions(self) -> GroupSubscriptions:
-        """This event loop's group subscriptions (pub/sub fan-out)."""
+    def subscriptions(self, group: str | None = None, shard: int | None = None
+                      ) -> GroupSubscriptions:
+        """This event loop's subscriptions (pub/sub fan-out) on a group's shard, or on `shard`."""
         loop = asyncio.get_running_loop()
-        subscriptions = self._subscriptions.get(loop)
-        if subscriptions is None:
+        per_shard = self._subscriptions.get(loop)
+        if per_shard is None:
             for old in [old for old in self._subscriptions if old.is_closed()]:
                 del self._subscriptions[old]
-            subscriptions = self._subscriptions[loop] = GroupSubscriptions(self)
-        return subscriptions
+            per_shard = self._subscriptions[loop] = [
+                GroupSubscriptions(self, index) for index in range(self.ring_size)]
+        if shard is None:
+            shard = 0 if group is None else self.consistent_hash(group)
+        return per_shard[shard]
 
     async def group_add(self, group, channel):
         """Add a channel to a group, remembering local memberships for re-adding later."""
@@ -431,11 +468,13 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
                 raise ValueError("with pub/sub fan-out only this process's channels join groups")
             self.local_groups[group].add(channel)
             self._ensure_reader()
-            await self._retrying(self.subscriptions().add, group, name="group_add")
+            await self._retrying(self.subscriptions(group).add, group, name="group_add",
+                                 shard=self.consistent_hash(group))
             return
         if local:
             self.local_groups[group].add(channel)
-        await self._retrying(self._group_add_once, group, channel, name="group_add")
+        await self._retrying(self._group_add_once, group, channel, name="group_add",
+                             shard=self.consistent_hash(group))
         if self.refused_since is not None:
             await self._after_refusals()
 
@@ -458,23 +497,27 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
                 del self.local_groups[group]
         if self.group_fanout == "pubsub":
             if group not in self.local_groups:
-                await self._retrying(self.subscriptions().discard, group, name="group_discard")
+                await self._retrying(self.subscriptions(group).discard, group,
+                                     name="group_discard", shard=self.consistent_hash(group))
             return
-        await self._retrying(super().group_discard, group, channel, name="group_discard")
+        await self._retrying(super().group_discard, group, channel, name="group_discard",
+                             shard=self.consistent_hash(group))
 
-    async def refresh_local_groups(self, channels=None) -> None:
-        """Re-add this process's memberships (of `channels` only, if given) in one pipeline.
+    async def refresh_local_groups(self, channels=None, shard: int | None = None) -> None:
+        """Re-add this process's memberships (of `channels`, of `shard`, if given), a pipeline
+        per shard.
 
-        The heartbeat refreshes a slot's channels at a time; a reconnect refreshes them all.
+        The heartbeat refreshes a slot's channels at a time; a new master its shard's groups.
         """
         try:
             if self.group_fanout == "pubsub" and channels is None:
                 # A new master: subscribe there (memberships live in this process only).
-                await self.subscriptions().reconnect()
-            count = await self._write_local_groups(channels)
+                for index in range(self.ring_size) if shard is None else [shard]:
+                    await self.subscriptions(shard=index).reconnect()
+            count = await self._write_local_groups(channels, shard)
         except TRANSIENT_ERRORS as error:
             # The next successful operation re-adds them again.
-            self._mark_error(error)
+            self._mark_error(error, 0 if shard is None else shard)
             return
         except redis_errors.OutOfMemoryError as error:
             # The first refresh that passes re-adds them all (_after_refusals).
@@ -484,16 +527,16 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
         if self.refused_since is not None:
             await self._after_refusals()
 
-    async def _write_local_groups(self, only=None) -> int:
-        """ZADD local memberships (those of channels in `only`, if given), a pipeline per shard."""
-        if self.group_fanout == "pubsub":
-            # Nothing is kept in Redis to refresh: the subscriber restores its subscriptions.
+    async def _write_local_groups(self, only=None, shard: int | None = None) -> int:
+        """ZADD local memberships (of channels in `only`, of groups on `shard`, if given), a
+        pipeline per shard; a whole refresh with nothing to write pings instead."""
+        probed = range(self.ring_size) if shard is None else [shard]
+        if self.group_fanout == "pubsub" or not self.local_groups:
+            # Pub/sub: nothing is kept in Redis to refresh (the subscriber restores its
+            # subscriptions). Either way, still a probe of the master.
             if only is None:
-                await self.connection(0).ping()  # still a probe of the master
-            return 0
-        if not self.local_groups:
-            if only is None:
-                await self.connection(0).ping()  # still a probe of the master when idle
+                for index in probed:
+                    await self.connection(index).ping()
             return 0
         now = time.time()
         pipes = {}
@@ -504,6 +547,8 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
                 if not channels:
                     continue
             index = self.consistent_hash(group)
+            if shard is not None and index != shard:
+                continue
             if index not in pipes:
                 pipes[index] = self.connection(index).pipeline(transaction=False)
             key = channels_redis_adapter.group_key(self, group)
@@ -512,6 +557,10 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
             count += len(channels)
         for pipe in pipes.values():
             await pipe.execute()
+        if only is None:
+            for index in probed:
+                if index not in pipes:
+                    await self.connection(index).ping()  # a shard none of our groups is on
         return count
 
     async def group_send(self, group, message):
@@ -522,7 +571,8 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
         started = time.monotonic()
         try:
             await self._retrying(self._group_send_once, group, message, name="group_send",
-                                 counter=metrics.GROUP_SEND_RETRIES)
+                                 counter=metrics.GROUP_SEND_RETRIES,
+                                 shard=self.consistent_hash(group))
         except LayerUnavailable:
             metrics.GROUP_SEND_FAILURES.inc()
             raise
@@ -531,7 +581,7 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
 
     async def _group_send_once(self, group, message):
         if self.group_fanout == "pubsub":
-            await self.subscriptions().publish(group, message)
+            await self.subscriptions(group).publish(group, message)
         elif self._one_trip:
             await self._group_send_in_redis(group, message)
         else:

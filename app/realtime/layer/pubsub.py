@@ -8,11 +8,17 @@ room's size; each process that has members subscribes to that channel once and h
 message to its local members itself, through the same delivery path as inbox messages
 (`ResilientRedisChannelLayer._deliver`).
 
-Redis keeps no published message for a subscriber that is not connected: one published while
-a process reconnects (a failover) does not reach it. Stored room events are recovered by each
-member's gap fill (by `seq`, from the database); ephemeral frames published in that window
-are not. Memberships live in this process only, so a new master has nothing to restore: the
-subscriber subscribes again to every group that has local members.
+Redis keeps no published message for a subscriber that is not connected, so the same script
+also appends the message to the group's stream, trimmed to the layer's `expiry` (the time an
+unread inbox message lives): a process that subscribes again (its connection broke, or
+Sentinel named a new master) first reads, from each of its groups' streams, what it missed
+since the last message it delivered, then goes on with the subscription. Each message is
+published with its stream ID, and a process delivers only IDs above the last it delivered
+for the group, so what the catch-up and the subscription both bring arrives once. Lost for
+good: what the old master had not replicated when it died (as with the script fan-out), and
+what a process missed for longer than `expiry`. Memberships live in this process only, so a
+new master has nothing to restore: the subscriber subscribes again to every group that has
+local members.
 """
 
 from __future__ import annotations
@@ -25,15 +31,45 @@ from app.realtime.ops import metrics
 
 logger = logging.getLogger(__name__)
 
+# KEYS: the group's stream, its pub/sub channel. ARGV: the message, the stream's retention in
+# milliseconds, its key's expiry in seconds. Redis 7 replicates a script by its effects, so the
+# ID that XADD draws here is the one the replicas and a promoted replica hold. A full Redis
+# (maxmemory, noeviction) refuses the XADD but not the PUBLISH: the message then goes out
+# unstored, marked "-", as a plain PUBLISH would.
+PUBLISH_LUA = """
+    local now = redis.call('TIME')
+    local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - ARGV[2]
+    local id = redis.pcall('XADD', KEYS[1], 'MINID', '~', oldest, '*', 'm', ARGV[1])
+    if type(id) == 'table' then
+        id = '-'
+    else
+        redis.call('EXPIRE', KEYS[1], ARGV[3])
+    end
+    return redis.call('PUBLISH', KEYS[2], id .. ' ' .. ARGV[1])
+"""
+
+
+def parse_id(raw: bytes | str) -> tuple[int, int] | None:
+    """A stream ID ("<ms>-<seq>") as a tuple that orders as Redis orders IDs; None for "-"."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    if text == "-":
+        return None  # published unstored (a full Redis)
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
 
 class GroupSubscriptions:
-    """One process's subscriptions to its groups' Redis channels, and the task reading them."""
+    """One process's subscriptions to its groups' channels on one shard, and their reader."""
 
-    def __init__(self, layer):
+    def __init__(self, layer, shard: int = 0):
         self.layer = layer
+        self.shard = shard
         self.prefix = f"{layer.prefix}fanout:"
         self.pubsub = None
         self.subscribed: set[str] = set()
+        # The stream ID of the last message delivered for each subscribed group (or the
+        # group's last ID when it was subscribed): where a catch-up starts.
+        self.delivered: dict[str, tuple[int, int]] = {}
         self.reader: asyncio.Task | None = None
         self.lock = asyncio.Lock()
 
@@ -41,17 +77,32 @@ class GroupSubscriptions:
         """The Redis pub/sub channel a group's messages are published on."""
         return self.prefix + group
 
+    def stream_of(self, group: str) -> str:
+        """The Redis stream keeping a group's recent messages for catch-ups."""
+        return f"{self.layer.prefix}recent:{group}"
+
+    def _connection(self):
+        return self.layer.connection(self.shard)
+
     async def publish(self, group: str, message: dict) -> int:
-        """Publish a message to a group; how many processes received it."""
-        return await self.layer.connection(0).publish(self.channel_of(group),
-                                                      self.layer.serialize(message))
+        """Publish a message to a group and keep it in its stream; how many processes got it."""
+        expiry = int(self.layer.expiry)
+        return await self._connection().eval(
+            PUBLISH_LUA, 2, self.stream_of(group), self.channel_of(group),
+            self.layer.serialize(message), expiry * 1000, expiry)
 
     async def add(self, group: str) -> None:
-        """Subscribe to a group's channel unless this process is subscribed already."""
+        """Subscribe to a group's channel unless this process is subscribed already.
+
+        The group's last stream ID is read first: a catch-up after a reconnect starts there,
+        and what was sent before the subscription is not this process's to deliver.
+        """
         if group in self.subscribed:
             return
         async with self.lock:
             if group not in self.subscribed:
+                last = await self._connection().xrevrange(self.stream_of(group), count=1)
+                self.delivered[group] = parse_id(last[0][0]) if last else (0, 0)
                 await self._connected().subscribe(self.channel_of(group))
                 self.subscribed.add(group)
         self._ensure_reader()
@@ -61,13 +112,16 @@ class GroupSubscriptions:
         async with self.lock:
             if group in self.subscribed:
                 self.subscribed.discard(group)
+                self.delivered.pop(group, None)
                 await self._connected().unsubscribe(self.channel_of(group))
 
     async def reconnect(self) -> None:
-        """Drop the subscriber connection and subscribe again to every group with members.
+        """Subscribe again on a new connection to every group with members, and catch up.
 
         After a failover the old connection may still reach the old master (frozen, or cut
-        off and since demoted), where nobody publishes any more.
+        off and since demoted), where nobody publishes any more. The new connection is handed
+        to the reader only after the catch-up, so that nothing it brings overtakes what the
+        streams held.
         """
         async with self.lock:
             old, self.pubsub = self.pubsub, None
@@ -76,15 +130,61 @@ class GroupSubscriptions:
                     await old.aclose()
                 except Exception:  # the connection is already broken: nothing to close
                     pass
-            groups = [g for g, members in self.layer.local_groups.items() if members]
+            groups = [g for g, members in self.layer.local_groups.items()
+                      if members and self.layer.consistent_hash(g) == self.shard]
             self.subscribed = set()
-            if groups:
-                await self._connected().subscribe(*(self.channel_of(g) for g in groups))
-                self.subscribed = set(groups)
+            for gone in set(self.delivered) - set(groups):
+                del self.delivered[gone]
+            if not groups:
+                return
+            pubsub = self._connection().pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(*(self.channel_of(g) for g in groups))
+                await self._catch_up(groups)
+            except BaseException:
+                await pubsub.aclose()
+                raise
+            self.pubsub = pubsub
+            self.subscribed = set(groups)
+
+    async def _catch_up(self, groups: list[str]) -> None:
+        """Deliver what each group's stream holds after the last message delivered for it."""
+        pipe = self._connection().pipeline(transaction=False)
+        for group in groups:
+            ms, seq = self.delivered.setdefault(group, (0, 0))
+            pipe.xrange(self.stream_of(group), min=f"({ms}-{seq}")
+        caught_up = 0
+        for group, entries in zip(groups, await pipe.execute(), strict=True):
+            for raw_id, fields in entries:
+                if await self._hand_over(group, parse_id(raw_id), fields[b"m"]):
+                    caught_up += 1
+        if caught_up:
+            metrics.PUBSUB_CAUGHT_UP.inc(caught_up)
+            logger.warning("pub/sub shard %s: %d messages missed while resubscribing, "
+                           "delivered from the groups' streams",
+                           self.layer.shard_names[self.shard], caught_up)
+
+    async def _hand_over(self, group: str, message_id: tuple[int, int] | None,
+                         body: bytes) -> bool:
+        """Deliver a message to the group's local members unless it was delivered already."""
+        if message_id is not None:
+            if message_id <= self.delivered.get(group, (0, 0)):
+                return False
+            self.delivered[group] = message_id
+        try:
+            message = self.layer.deserialize(body)
+        except Exception:
+            metrics.LAYER_RECEIVE_ERRORS.inc()
+            logger.exception("channel layer subscriber failed on a message of %s", group)
+            return False
+        members = self.layer.local_groups.get(group)
+        if members:
+            await self.layer._deliver(list(members), message)
+        return True
 
     def _connected(self):
         if self.pubsub is None:
-            self.pubsub = self.layer.connection(0).pubsub(ignore_subscribe_messages=True)
+            self.pubsub = self._connection().pubsub(ignore_subscribe_messages=True)
         return self.pubsub
 
     def _ensure_reader(self) -> None:
@@ -104,22 +204,15 @@ class GroupSubscriptions:
                 raise
             except TRANSIENT_ERRORS as error:
                 metrics.LAYER_RECEIVE_ERRORS.inc()
-                self.layer._mark_error(error)
+                self.layer._mark_error(error, self.shard)
                 await self._resubscribe_when_reachable()
                 continue
             if received is None or received.get("type") != "message":
                 continue
             name = received["channel"]
             group = (name.decode() if isinstance(name, bytes) else name)[len(self.prefix):]
-            try:
-                message = self.layer.deserialize(received["data"])
-            except Exception:
-                metrics.LAYER_RECEIVE_ERRORS.inc()
-                logger.exception("channel layer subscriber failed on a message of %s", group)
-                continue
-            members = self.layer.local_groups.get(group)
-            if members:
-                await self.layer._deliver(list(members), message)
+            raw_id, _, body = received["data"].partition(b" ")
+            await self._hand_over(group, parse_id(raw_id), body)
 
     async def _resubscribe_when_reachable(self) -> None:
         for step in backoff_steps(self.layer.backoff_max):
@@ -128,7 +221,7 @@ class GroupSubscriptions:
                 await self.reconnect()
             except TRANSIENT_ERRORS:
                 continue
-            await self.layer._recover()
+            await self.layer._recover(self.shard)
             return
 
     async def stop(self) -> None:
@@ -141,3 +234,4 @@ class GroupSubscriptions:
             await self.pubsub.aclose()
             self.pubsub = None
         self.subscribed = set()
+        self.delivered = {}

@@ -126,7 +126,7 @@ async def test_probes_that_end_one_outage_together_record_it_once(redis_url, lay
     """Several callers probe at once after a failover; the first to succeed ends the outage."""
     layer = layers({"address": redis_url})
     await layer.group_add("room", await layer.new_channel())
-    layer.outage_started = time.monotonic() - 2
+    layer.outages[0] = time.monotonic() - 2
     observed = metrics.LAYER_OUTAGE._sum.get()
     assert await asyncio.gather(*(layer._recover() for _ in range(3))) == [True] * 3
     assert layer.is_available

@@ -101,9 +101,15 @@ LAYER_AVAILABLE = Gauge(
     multiprocess_mode="livemin",
 )
 LAYER_AVAILABLE.set(1)  # no outage before the layer exists (gunicorn workers create it lazily)
-REDIS_MASTER = Info("chanfleet_redis_master", "The Redis master Sentinel names now.")
+REDIS_MASTER = Info("chanfleet_redis_master", "The Redis master Sentinel names now, by shard.",
+                    ["shard"])
 MASTER_CHANGES = Counter(
     "chanfleet_redis_master_changes", "Times Sentinel named a new Redis master (failovers)."
+)
+PUBSUB_CAUGHT_UP = Counter(
+    "chanfleet_pubsub_caught_up",
+    "Messages a process missed while it resubscribed (pub/sub fan-out), delivered from the "
+    "groups' streams.",
 )
 REDIS_OOM_REFUSALS = Counter(
     "chanfleet_redis_oom_refusals",

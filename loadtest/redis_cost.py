@@ -7,10 +7,10 @@ Starts a redis-server of its own on a free loopback port, makes one room of N me
 over P WebSocket processes (N channel names in the room's group, as P processes' `group_add`s
 leave them, or P processes subscribed once each with `group_fanout="pubsub"`), and sends the
 room a chat message `--sends` times through the channel layer, as a sender's process does.
-Measured on Redis: the group send's script's own microseconds per call (EVAL: the fan-out,
-or pub/sub's XADD and PUBLISH; INFO commandstats) and the server's CPU per send (INFO cpu, user
-+ system), and the bytes written per send. No sockets are opened: this is Redis's share of a
-broadcast only, the part every WebSocket process of a deployment shares. Prints a table and
+Measured on Redis: the group send's script's own microseconds per call (EVAL: the fan-out, or
+pub/sub's EVALSHA: XADD and PUBLISH; INFO commandstats) and the server's CPU per send (INFO cpu,
+user + system), and the bytes written per send. No sockets are opened: this is Redis's share of
+a broadcast only, the part every WebSocket process of a deployment shares. Prints a table and
 writes build/redis_cost/*.json.
 """
 
@@ -79,7 +79,8 @@ def measure(url: str, size: int, processes: int, sends: int, fanout: str = "scri
     group = "chat.scale"
     sender = layer()
     memory_before = client.info("memory")["used_memory"]
-    command = "eval"  # both fan-outs send with a script (pub/sub: XADD and PUBLISH)
+    # Both fan-outs send with a script; pub/sub's by its SHA (its XADD and PUBLISH).
+    command = "eval" if fanout == "script" else "evalsha"
 
     async def timed():
         holders = []

@@ -440,7 +440,12 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
                     metrics.MASTER_CHANGES.inc()
                     logger.warning("Redis master of shard %s moved from %s to %s",
                                    self.shard_names[shard], known, address)
-                    await self.refresh_local_groups(shard=shard)
+                    try:
+                        await self.refresh_local_groups(shard=shard)
+                    except Exception:
+                        # The watcher must outlive any error: it is the only one watching.
+                        logger.exception("re-adding shard %s's memberships failed",
+                                         self.shard_names[shard])
                 self.master_addresses[shard] = address
                 info.info({"address": f"{address[0]}:{address[1]}"})
             await asyncio.sleep(interval)

@@ -72,6 +72,13 @@ class GroupSubscriptions:
         self.delivered: dict[str, tuple[int, int]] = {}
         self.reader: asyncio.Task | None = None
         self.lock = asyncio.Lock()
+        self.script = None  # PUBLISH_LUA, sent by its SHA (loaded again on a new master)
+        # A reconnect failed: the reader keeps trying until one succeeds (a watcher's attempt
+        # during a failover can fail and leave no connection behind).
+        self.broken = False
+        # Connections a reconnect replaced, closed by the reader once it no longer reads them:
+        # closed under a read, a connection goes back to the pool while still being read.
+        self.retired: list = []
 
     def channel_of(self, group: str) -> str:
         """The Redis pub/sub channel a group's messages are published on."""
@@ -87,9 +94,12 @@ class GroupSubscriptions:
     async def publish(self, group: str, message: dict) -> int:
         """Publish a message to a group and keep it in its stream; how many processes got it."""
         expiry = int(self.layer.expiry)
-        return await self._connection().eval(
-            PUBLISH_LUA, 2, self.stream_of(group), self.channel_of(group),
-            self.layer.serialize(message), expiry * 1000, expiry)
+        connection = self._connection()
+        if self.script is None:
+            self.script = connection.register_script(PUBLISH_LUA)
+        return await self.script(
+            keys=[self.stream_of(group), self.channel_of(group)],
+            args=[self.layer.serialize(message), expiry * 1000, expiry], client=connection)
 
     async def add(self, group: str) -> None:
         """Subscribe to a group's channel unless this process is subscribed already.
@@ -126,10 +136,7 @@ class GroupSubscriptions:
         async with self.lock:
             old, self.pubsub = self.pubsub, None
             if old is not None:
-                try:
-                    await old.aclose()
-                except Exception:  # the connection is already broken: nothing to close
-                    pass
+                self.retired.append(old)
             groups = [g for g, members in self.layer.local_groups.items()
                       if members and self.layer.consistent_hash(g) == self.shard]
             self.subscribed = set()
@@ -142,10 +149,12 @@ class GroupSubscriptions:
                 await pubsub.subscribe(*(self.channel_of(g) for g in groups))
                 await self._catch_up(groups)
             except BaseException:
-                await pubsub.aclose()
+                self.broken = True
+                self.retired.append(pubsub)
                 raise
             self.pubsub = pubsub
             self.subscribed = set(groups)
+            self.broken = False
 
     async def _catch_up(self, groups: list[str]) -> None:
         """Deliver what each group's stream holds after the last message delivered for it."""
@@ -194,15 +203,28 @@ class GroupSubscriptions:
     async def _read_forever(self) -> None:
         """Hand each published message to the group's local members; ride out failovers."""
         while True:
+            while self.retired:
+                await self._close(self.retired.pop())
             pubsub = self.pubsub
             try:
                 if pubsub is None or not pubsub.subscribed:
-                    await asyncio.sleep(0.05)
+                    if self.broken:
+                        await self._resubscribe_when_reachable()
+                    else:
+                        await asyncio.sleep(0.05)
                     continue
                 received = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             except asyncio.CancelledError:
                 raise
-            except TRANSIENT_ERRORS as error:
+            except Exception as error:
+                if pubsub is not self.pubsub:
+                    continue  # a reconnect replaced the connection under us: read the new one
+                self.broken = True
+                # Whatever the error, this task must go on: nothing else reads the
+                # subscriptions, and a dead reader would silence every group of the shard.
+                if not isinstance(error, TRANSIENT_ERRORS):
+                    logger.exception("pub/sub reader of shard %s failed",
+                                     self.layer.shard_names[self.shard])
                 metrics.LAYER_RECEIVE_ERRORS.inc()
                 self.layer._mark_error(error, self.shard)
                 await self._resubscribe_when_reachable()
@@ -219,19 +241,32 @@ class GroupSubscriptions:
             await asyncio.sleep(step)
             try:
                 await self.reconnect()
-            except TRANSIENT_ERRORS:
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                if not isinstance(error, TRANSIENT_ERRORS):
+                    logger.warning("pub/sub resubscribe on shard %s failed: %r",
+                                   self.layer.shard_names[self.shard], error)
                 continue
             await self.layer._recover(self.shard)
             return
 
+    @staticmethod
+    async def _close(pubsub) -> None:
+        try:
+            await pubsub.aclose()
+        except Exception:  # the connection is broken already: nothing to close
+            pass
+
     async def stop(self) -> None:
-        """Stop reading and close the subscriber connection (tests, shutdown)."""
+        """Stop reading and close the subscriber connections (tests, shutdown)."""
         if self.reader is not None:
             self.reader.cancel()
             await asyncio.gather(self.reader, return_exceptions=True)
             self.reader = None
-        if self.pubsub is not None:
-            await self.pubsub.aclose()
-            self.pubsub = None
+        for pubsub in [*self.retired, self.pubsub]:
+            if pubsub is not None:
+                await self._close(pubsub)
+        self.retired, self.pubsub = [], None
         self.subscribed = set()
         self.delivered = {}

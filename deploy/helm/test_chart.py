@@ -1363,3 +1363,22 @@ def test_helm_test_pod_outlives_the_test_so_its_logs_can_be_read() -> None:
     pod = find("Pod", f"{FULLNAME}-test-websocket")
     policy = pod["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
     assert "hook-succeeded" not in policy and "before-hook-creation" in policy
+
+
+def test_external_shards_spread_the_channel_layer_over_more_masters() -> None:
+    """redis.shards: REDIS_SHARDS lists the main master first, then the others."""
+    values = scenario_values("external-sentinel-values.yaml")
+    values["redis"]["shards"] = ["chanfleet-prod-2", "chanfleet-prod-3"]
+    env = find("ConfigMap", f"{FULLNAME}-env", values)["data"]
+    assert env["REDIS_SHARDS"] == "chanfleet-prod,chanfleet-prod-2,chanfleet-prod-3"
+    assert "REDIS_SHARDS" not in find("ConfigMap", f"{FULLNAME}-env",
+                                      scenario_values("external-sentinel-values.yaml"))["data"]
+
+
+def test_shards_are_refused_where_the_chart_cannot_serve_them() -> None:
+    """The chart's own Redis runs one master; the main master is not listed twice."""
+    assert "redis.shards needs redis.mode external" in render_error(
+        {"redis": {"shards": ["chanfleet-2"]}})
+    values = scenario_values("external-sentinel-values.yaml")
+    values["redis"]["shards"] = ["chanfleet-prod"]
+    assert "repeats redis.masterName" in render_error(values)

@@ -173,6 +173,9 @@ LOG_LEVEL: {{ .Values.app.logLevel | quote }}
 {{- if ne .Values.redis.mode "url" }}
 REDIS_SENTINELS: {{ include "chanfleet.redisSentinels" . | quote }}
 REDIS_MASTER_NAME: {{ .Values.redis.masterName | quote }}
+{{- if .Values.redis.shards }}
+REDIS_SHARDS: {{ prepend .Values.redis.shards .Values.redis.masterName | join "," | quote }}
+{{- end }}
 {{- end }}
 DRAIN_WINDOW: {{ .Values.ws.drain.windowSeconds | quote }}
 # Whose X-Forwarded-For uvicorn and gunicorn believe: the nginx pods' network (app.trustedProxies).

@@ -32,9 +32,10 @@ def create_users(top: Topology, names, password: str = "chanfleet") -> None:
 
 @contextlib.contextmanager
 def running(state, ports: Ports, env: dict, users, monitoring: bool = False,
-            timeout: float = 120, password: str = "chanfleet") -> Iterator[Topology]:
+            timeout: float = 120, password: str = "chanfleet",
+            shards: int = 1) -> Iterator[Topology]:
     """The topology up on `ports` with `users`, stopped (and its database dropped) after."""
-    top = Topology(state, ports=ports, env=env, monitoring=monitoring)
+    top = Topology(state, ports=ports, env=env, monitoring=monitoring, shards=shards)
     try:
         top.up(timeout=timeout)
         create_users(top, users, password)

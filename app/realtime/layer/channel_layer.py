@@ -161,7 +161,15 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
         return self.master_addresses.get(0)
 
     def consistent_hash(self, value) -> int:
-        """The shard holding a group or a process's inbox (rendezvous hashing, see shards.py)."""
+        """The shard holding a group or a process's inbox (rendezvous hashing, see shards.py).
+
+        A process-local channel (`specific.<process>!<socket>`) is placed by its process part,
+        where its inbox is: channels_redis's `send` hashes the whole name but its group send
+        and receive the process part, so with several hosts a direct send (the canary's)
+        went where the process never reads.
+        """
+        if isinstance(value, str) and "!" in value:
+            value = value[:value.index("!") + 1]
         return self.ring.index(value)
 
     # ------------------------------------------------------------------ a full Redis

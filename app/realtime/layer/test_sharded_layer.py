@@ -77,6 +77,19 @@ async def test_groups_on_both_shards_reach_members_of_processes_on_both_shards(
                 assert not await client.exists(group_key(sender, groups[1 - index]))
 
 
+@pytest.mark.parametrize("shard", [0, 1])
+async def test_a_direct_send_reaches_a_process_whatever_shard_its_inbox_is_on(
+        shard, redis_url, second_redis_url, processes):
+    """The canary's path: a send to one socket's channel goes to its process's inbox."""
+    hosts = [{"address": redis_url}, {"address": second_redis_url}]
+    process, sender = processes(hosts, "script", inbox_on=shard), processes(hosts, "script")
+    channels = [await process.new_channel() for _ in range(8)]
+    receives = [asyncio.ensure_future(process.receive(c)) for c in channels]
+    for n, channel in enumerate(channels):
+        await sender.send(channel, {"type": "canary.ping", "n": n})
+    assert [(await asyncio.wait_for(r, 5))["n"] for r in receives] == list(range(8))
+
+
 @pytest.mark.parametrize("mode", MODES)
 async def test_a_failover_of_one_shard_leaves_the_other_shards_rooms_alone(
         mode, sentinel_topology, second_sentinel_topology, processes):

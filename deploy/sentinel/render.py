@@ -161,21 +161,14 @@ def render_sentinel_conf(
     """
     if int(down_after_ms) <= 0 or int(failover_timeout_ms) <= 0:
         raise ValueError("down_after_ms and failover_timeout_ms must be positive milliseconds")
-    text = _render_sentinel(port=port, data_dir=data_dir, password=password,
-                            sentinel_password=sentinel_password, master_host=master_host,
-                            master_port=master_port, master_name=master_name, bind=bind,
-                            announce_ip=announce_ip, announce_port=announce_port,
-                            down_after_ms=down_after_ms,
-                            failover_timeout_ms=failover_timeout_ms, quorum=quorum)
-    for name, host, extra_port in more_masters:
-        other = _render_sentinel(port=port, data_dir=data_dir, password=password,
-                                 sentinel_password=sentinel_password, master_host=host,
-                                 master_port=extra_port, master_name=name, bind=bind,
-                                 announce_ip=announce_ip, announce_port=announce_port,
-                                 down_after_ms=down_after_ms,
-                                 failover_timeout_ms=failover_timeout_ms, quorum=quorum)
-        text += "\n" + other[other.index(MASTER_SECTION):]
-    return text
+    common = {"port": port, "data_dir": data_dir, "password": password,
+              "sentinel_password": sentinel_password, "bind": bind, "announce_ip": announce_ip,
+              "announce_port": announce_port, "down_after_ms": down_after_ms,
+              "failover_timeout_ms": failover_timeout_ms, "quorum": quorum}
+    first, *others = [
+        _render_sentinel(**common, master_name=name, master_host=host, master_port=at)
+        for name, host, at in [(master_name, master_host, master_port), *more_masters]]
+    return first + "".join("\n" + other[other.index(MASTER_SECTION):] for other in others)
 
 
 # Where the template's per-master settings begin (repeated for each extra master).

@@ -26,38 +26,41 @@ def _require_redis_server() -> None:
     pytest.fail(message, pytrace=False)
 
 
+def _session_server(tmp_path_factory: pytest.TempPathFactory, name: str
+                    ) -> Iterator[RedisServer]:
+    _require_redis_server()
+    with RedisServer(base_dir=tmp_path_factory.mktemp(name)) as server:
+        yield server
+
+
+def _emptied(server: RedisServer) -> str:
+    with server.client() as client:
+        client.flushall()
+    return server.url
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One password-protected standalone redis-server for the whole session."""
-    _require_redis_server()
-    server = RedisServer(base_dir=tmp_path_factory.mktemp("redis-server"))
-    with server:
-        yield server
+    yield from _session_server(tmp_path_factory, "redis-server")
 
 
 @pytest.fixture(scope="session")
 def second_redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """Another standalone redis-server: a second shard for the sharded layer's tests."""
-    _require_redis_server()
-    server = RedisServer(base_dir=tmp_path_factory.mktemp("redis-server-2"))
-    with server:
-        yield server
-
-
-@pytest.fixture
-def second_redis_url(second_redis_server: RedisServer) -> str:
-    """The second server's URL, FLUSHALLed so each test starts empty."""
-    with second_redis_server.client() as client:
-        client.flushall()
-    return second_redis_server.url
+    yield from _session_server(tmp_path_factory, "redis-server-2")
 
 
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
     """The session server's URL (with password), FLUSHALLed so each test starts empty."""
-    with redis_server.client() as client:
-        client.flushall()
-    return redis_server.url
+    return _emptied(redis_server)
+
+
+@pytest.fixture
+def second_redis_url(second_redis_server: RedisServer) -> str:
+    """The second server's URL, FLUSHALLed so each test starts empty."""
+    return _emptied(second_redis_server)
 
 
 @pytest.fixture

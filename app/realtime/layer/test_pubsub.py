@@ -30,6 +30,17 @@ async def subscribers(client, channel: str) -> int:
     return dict(await client.pubsub_numsub(channel))[channel.encode()]
 
 
+def collecting(layer, channel: str) -> tuple[list, asyncio.Future]:
+    """(the `n` of each message the channel receives, in order; the task reading them)."""
+    got = []
+
+    async def read():
+        while True:
+            got.append((await layer.receive(channel))["n"])
+
+    return got, asyncio.ensure_future(read())
+
+
 async def joined(layer, group: str, count: int) -> list[str]:
     """`count` new local channels of `layer`, each in `group`."""
     channels = [await layer.new_channel() for _ in range(count)]
@@ -80,13 +91,7 @@ async def test_after_a_failover_every_message_arrives_once_in_order(sentinel_top
     host = sentinel_host(sentinel_topology)
     layer, sender = processes(host), processes(host)
     channel = (await joined(layer, "room", 1))[0]
-    got = []
-
-    async def read():
-        while True:
-            got.append((await layer.receive(channel))["n"])
-
-    reader = asyncio.ensure_future(read())
+    got, reader = collecting(layer, channel)
     old = sentinel_topology.kill_master()
     failover = asyncio.ensure_future(asyncio.to_thread(sentinel_topology.wait_for_failover, old))
     n = 0
@@ -110,13 +115,7 @@ async def test_what_is_published_while_a_process_resubscribes_is_caught_up_once(
     """Subscriber connections cut by Redis: messages that reached no subscriber still arrive."""
     layer, sender = processes({"address": redis_url}), processes({"address": redis_url})
     channel = (await joined(layer, "room", 1))[0]
-    got = []
-
-    async def read():
-        while True:
-            got.append((await layer.receive(channel))["n"])
-
-    reader = asyncio.ensure_future(read())
+    got, reader = collecting(layer, channel)
     admin = sender.connection(0)
     unheard = 0
     for n in range(1, 31):

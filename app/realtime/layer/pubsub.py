@@ -237,8 +237,12 @@ class GroupSubscriptions:
             await self._hand_over(group, parse_id(raw_id), body)
 
     async def _resubscribe_when_reachable(self) -> None:
+        # Called by the reader only, which reads no connection meanwhile: the ones a long
+        # outage's failed attempts retire are closed as it goes.
         for step in backoff_steps(self.layer.backoff_max):
             await asyncio.sleep(step)
+            while self.retired:
+                await self._close(self.retired.pop())
             try:
                 await self.reconnect()
             except asyncio.CancelledError:

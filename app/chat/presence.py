@@ -1,9 +1,12 @@
 """Who is where, across every process: presence entries in Redis that expire unless refreshed.
 
-A connection keeps three entries alive (refreshed by the process heartbeat):
-``user:<id>`` -> channel, ``room:<room id>`` -> "<user id>:<channel>" and
-``rooms:<user id>`` -> "<room name>|<channel>". A process that dies without running
-`disconnect` stops refreshing them, so its users drop out after PRESENCE_TTL seconds.
+A connection keeps four entries alive (refreshed by the process heartbeat):
+``user:<id>`` -> channel, ``room:<room id>:<user id>`` -> channel, ``room:<room id>`` -> user id
+and ``rooms:<user id>`` -> "<room name>|<channel>". The room's own set holds users, not
+connections: a handshake reads it, so its cost grows with the users present, not with their
+sockets; a user leaves it when the last of their connections to the room closes. A process
+that dies without running `disconnect` stops refreshing them, so its users drop out after
+PRESENCE_TTL seconds.
 A socket closed by a drain leaves its entries to expire the same way (app/chat/consumers.py):
 a user who reconnects within PRESENCE_TTL never looks absent, so the room hears no
 `user_left` and `user_joined` for what was only a move to another process.
@@ -16,9 +19,12 @@ from app.realtime.layer.store import get_store
 
 def entries(user_id: int, room, channel: str) -> list[tuple[str, str]]:
     """The (scope, member) entries of one chat connection."""
+    # The user's own entry in the room before the room's entry for the user: `leave` counts
+    # the first and removes the second, and must never count before a join's first write.
     return [
         (f"user:{user_id}", channel),
-        (f"room:{room.id}", f"{user_id}:{channel}"),
+        (f"room:{room.id}:{user_id}", channel),
+        (f"room:{room.id}", str(user_id)),
         (f"rooms:{user_id}", f"{room.name}|{channel}"),
     ]
 
@@ -36,9 +42,11 @@ async def join(user_id: int, room, channel: str, present: set[int] | None = None
 
 async def leave(user_id: int, room, channel: str) -> bool:
     """Remove a closed connection; return whether the user is still in the room elsewhere."""
-    members = await get_store().presence_leave(entries(user_id, room, channel),
-                                               f"room:{room.id}")
-    return user_id in _user_ids(members)
+    parent = (f"room:{room.id}", str(user_id))
+    left = await get_store().presence_leave(
+        [entry for entry in entries(user_id, room, channel) if entry != parent],
+        f"room:{room.id}:{user_id}", parent)
+    return left > 0
 
 
 async def room_user_ids(room_id: int) -> set[int]:
@@ -53,6 +61,8 @@ async def room_user_ids_and_position(room_id: int) -> tuple[set[int], int | None
 
 
 def _user_ids(room_members: list[str]) -> set[int]:
+    # Also reads "<user id>:<channel>", the members a process of an older release writes
+    # during a rolling deploy.
     return {int(m.split(":", 1)[0]) for m in room_members}
 
 

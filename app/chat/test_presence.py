@@ -104,3 +104,39 @@ async def test_a_user_who_really_left_is_announced_again_on_return(ws, make_user
     assert await notices(a) == ["user_left"]
     await join(ws, bob)
     assert await notices(a) == ["user_joined"]
+
+
+async def test_the_room_holds_each_user_once_however_many_sockets(ws, make_user, redis_layer,
+                                                                    settings):
+    """A handshake reads the room's users, not their sockets (its cost must not grow with a
+    big room's connections); a user leaves the room's set with their last socket."""
+    import redis
+
+    alice, bob = await make_user("alice"), await make_user("bob")
+    alices = [await join(ws, alice) for _ in range(6)]
+    bobs = [await join(ws, bob)]
+    room = await ChatRoom.objects.aget(name="lobby")
+    raw = redis.Redis.from_url(redis_layer["address"])
+    key = f"{settings.REDIS_PREFIX}:presence:room:{room.id}"
+    assert sorted(raw.zrange(key, 0, -1)) == sorted([str(alice.pk).encode(),
+                                                     str(bob.pk).encode()])
+    for client in alices[:-1]:
+        await client.close()
+    assert await presence.room_user_ids(room.id) == {alice.pk, bob.pk}
+    await alices[-1].close()
+    assert await presence.room_user_ids(room.id) == {bob.pk}
+    assert raw.zcard(f"{key}:{alice.pk}") == 0
+    await bobs[0].close()
+    raw.close()
+
+
+async def test_members_written_by_the_previous_release_still_count(ws, make_user, settings):
+    """During a rolling deploy older processes write "<user id>:<channel>" room members."""
+    from app.realtime.layer.store import get_store
+
+    alice = await make_user("alice")
+    client = await join(ws, alice)
+    room = await ChatRoom.objects.aget(name="lobby")
+    await get_store().presence_touch(f"room:{room.id}", "4242:specific.old!abc", 60)
+    assert await presence.room_user_ids(room.id) == {alice.pk, 4242}
+    await client.close()

@@ -88,18 +88,21 @@ class RedisStore:
         """Mark a member present in a scope until now + ttl."""
         key = self.key("presence", scope)
         pipe = self.client.pipeline(transaction=False)
-        pipe.zadd(key, {member: time.time() + ttl})
+        pipe.zadd(key, {member: time.time() + ttl}, gt=True)
         pipe.expire(key, int(ttl) + 5)
         await pipe.execute()
 
     @riding_failover("presence")
     async def presence_touch_many(self, entries: list[tuple[str, str]], ttl: float) -> None:
-        """Refresh several (scope, member) entries in one round trip."""
-        pipe = self.client.pipeline(transaction=False)
+        """Refresh several (scope, member) entries in one round trip, one ZADD per scope."""
         deadline = time.time() + ttl
+        by_key: dict[str, dict[str, float]] = {}
         for scope, member in entries:
-            key = self.key("presence", scope)
-            pipe.zadd(key, {member: deadline})
+            by_key.setdefault(self.key("presence", scope), {})[member] = deadline
+        pipe = self.client.pipeline(transaction=False)
+        for key, members in by_key.items():
+            # GT: a member kept by several entries (a user's sockets) keeps the latest deadline.
+            pipe.zadd(key, members, gt=True)
             pipe.expire(key, int(ttl) + 5)
         await pipe.execute()
 
@@ -122,14 +125,18 @@ class RedisStore:
                 int(position) if position is not None else None)
 
     @riding_failover("presence")
-    async def presence_leave(self, entries: list[tuple[str, str]], scope: str) -> list[str]:
-        """Remove several (scope, member) entries, then list `scope`'s members: one round trip."""
-        pipe = self.client.pipeline(transaction=False)
-        for entry_scope, member in entries:
-            pipe.zrem(self.key("presence", entry_scope), member)
-        self._read_members(pipe, scope)
-        members = (await pipe.execute())[-1]
-        return [m.decode() if isinstance(m, bytes) else m for m in members]
+    async def presence_leave(self, entries: list[tuple[str, str]], rest: str,
+                             parent: tuple[str, str]) -> int:
+        """Remove several (scope, member) entries; return how many live ones `rest` still holds.
+
+        When none, `parent`'s (scope, member) is removed too, in the same script: no join can
+        slip between the count and the removal (a join touches `rest` before `parent`).
+        """
+        keys = [self.key("presence", rest), self.key("presence", parent[0]),
+                *(self.key("presence", scope) for scope, _ in entries)]
+        left = await self.client.eval(LEAVE_LUA, len(keys), *keys, time.time(), parent[1],
+                                      *(member for _, member in entries))
+        return int(left)
 
     def _read_members(self, pipe, scope: str) -> None:
         key = self.key("presence", scope)
@@ -189,6 +196,20 @@ end
 return 1
 """
 
+# KEYS: the scope whose live entries are counted, the parent scope, then each entry's scope;
+# ARGV: now, the parent's member, then each entry's member.
+LEAVE_LUA = """
+for i = 3, #KEYS do
+    redis.call('ZREM', KEYS[i], ARGV[i])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local left = redis.call('ZCARD', KEYS[1])
+if left == 0 then
+    redis.call('ZREM', KEYS[2], ARGV[2])
+end
+return left
+"""
+
 HIT_LUA = """
 local count = redis.call('INCR', KEYS[1])
 redis.call('EXPIRE', KEYS[1], ARGV[1])
@@ -212,8 +233,9 @@ class MemoryStore:
         return self.counters[full]
 
     async def presence_touch(self, scope: str, member: str, ttl: float) -> None:
-        """Mark a member present in a scope until now + ttl."""
-        self.presence.setdefault(scope, {})[member] = time.time() + ttl
+        """Mark a member present in a scope until now + ttl (or later, if it already is)."""
+        members = self.presence.setdefault(scope, {})
+        members[member] = max(members.get(member, 0.0), time.time() + ttl)
 
     async def presence_touch_many(self, entries: list[tuple[str, str]], ttl: float) -> None:
         """Refresh several (scope, member) entries."""
@@ -224,11 +246,15 @@ class MemoryStore:
         """A room's presence members and its recorded position."""
         return await self.presence_members(scope), self.positions.get(room_id)
 
-    async def presence_leave(self, entries: list[tuple[str, str]], scope: str) -> list[str]:
-        """Remove several (scope, member) entries, then list `scope`'s members."""
+    async def presence_leave(self, entries: list[tuple[str, str]], rest: str,
+                             parent: tuple[str, str]) -> int:
+        """Remove entries; drop `parent` when `rest` holds none; how many `rest` holds."""
         for entry_scope, member in entries:
             self.presence.get(entry_scope, {}).pop(member, None)
-        return await self.presence_members(scope)
+        left = len(await self.presence_members(rest))
+        if not left:
+            self.presence.get(parent[0], {}).pop(parent[1], None)
+        return left
 
     async def presence_members(self, scope: str) -> list[str]:
         """List members whose entries have not expired."""

@@ -2,9 +2,10 @@
 
 The local single-node cluster (deploy/cluster) runs the image built by `make image`, the test
 stand-ins for the chart's public images (deploy/image), a PostgreSQL of the test's own in the
-cluster, and the chart installed with Helm. Four drills, each printing its figures (`make
-rehearse-deploy` runs them with -s): a new user's smoke, a Redis master pod killed under chat
-load, a rolling deploy of every WebSocket pod through its real preStop hook, and a forged
+cluster, and the chart installed with Helm (two Redis groups, pub/sub fan-out). The drills,
+each printing its figures (`make rehearse-deploy` runs them with -s): a new user's smoke, a
+room whose group lives on the second Redis group, a Redis master pod killed under chat load, a
+rolling deploy of every WebSocket pod through its real preStop hook, and a forged
 X-Forwarded-For from another pod.
 
 Traffic from the host goes to the nginx NodePort on 127.0.0.1 only; pods talk to each other
@@ -22,6 +23,7 @@ import pytest
 import requests
 import websockets
 
+from app.realtime.layer.shards import Ring
 from tests.support import deployment as deployed
 from tests.support.chat_client import ChatClient, login
 from tests.support.drills import Sender, assert_exactly_once_in_order, settle
@@ -106,6 +108,30 @@ async def next_frame_of(socket, kind: str, timeout: float = 20) -> dict:
         frame = json.loads(await asyncio.wait_for(socket.recv(), deadline - time.monotonic()))
         if frame["type"] == kind:
             return frame
+
+
+# ---------------------------------------------------------------------------- 1b. Redis groups
+async def test_a_room_of_the_second_redis_group_is_published_on_that_groups_master(deployment):
+    """With redis.groups 2 a room whose group hashes to the second master chats through it."""
+    ring = Ring(["sentinel:chanfleet", "sentinel:chanfleet-2"])  # REDIS_SHARDS the chart sets
+    room = next(f"group2-{i}" for i in range(1000) if ring.index(f"chat.group2-{i}") == 1)
+    alice, bob = client(deployment, "alice", room), client(deployment, "bob", room)
+    await start_all([alice, bob])
+    try:
+        await alice.send({"type": "message", "message": "on the second group", "id": "g1"})
+        last = await settle([alice, bob], deployment, room, 1, timeout=30)
+        assert bob.events[last]["message"] == "on the second group"
+        second = deployment.redis_master_pod(master="chanfleet-2")
+        first = deployment.redis_master_pod()
+        pattern = f"*chat.{room}"
+        subscribed = {pod: deployment.redis_cli(pod, "PUBSUB", "CHANNELS", pattern)
+                      for pod in (first, second)}
+        print(f"\nroom {room}: masters {first} (first group), {second} (second); "
+              f"subscriptions {subscribed}")
+        assert second.startswith(f"{deployed.RELEASE}-redis-2-"), second
+        assert subscribed[second] and not subscribed[first]
+    finally:
+        await asyncio.gather(alice.stop(), bob.stop())
 
 
 # ---------------------------------------------------------------------------- 2. forged XFF

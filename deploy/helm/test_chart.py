@@ -717,19 +717,27 @@ HEADLESS = f"{FULLNAME}-redis-headless.{NAMESPACE}.svc.cluster.local"
 
 def _run_init(tmp_path: Path, *, sentinel_says: str | None, pod: str = REDIS_POD,
               resolvable: str = HEADLESS, values: dict[str, Any] | None = None,
-              ) -> subprocess.CompletedProcess:
+              answers: dict[str, str] | None = None, env: dict[str, str] | None = None,
+              script: str = "init.sh") -> subprocess.CompletedProcess:
     """Run the init container's script with stub hostname/getent/redis-cli/sleep commands.
 
     The getent stub answers (like `getent hosts`) only for names under `resolvable` and logs
-    every lookup; sleep returns at once, so a name that never resolves fails fast.
+    every lookup; sleep returns at once, so a name that never resolves fails fast. The sentinels
+    report `sentinel_says` as the master of any name, or with `answers` {master name: host} the
+    host for the names listed there only. `env` replaces or adds environment variables.
     """
     data = yaml.safe_load(render(values)["chanfleet/templates/redis/configmap.yaml"])["data"]
     templates, stubs = tmp_path / "config", tmp_path / "bin"
     templates.mkdir(exist_ok=True)
     stubs.mkdir(exist_ok=True)
-    for name in ("redis.conf.tmpl", "sentinel.conf.tmpl", "init.sh"):
+    for name in ("redis.conf.tmpl", "sentinel.conf.tmpl", "init.sh", "prestop-redis.sh"):
         (templates / name).write_text(data[name])
     answer = f'printf "%s\\n6379\\n" "{sentinel_says}"' if sentinel_says else "exit 1"
+    if answers is not None:
+        # The master name is redis-cli's last argument.
+        answer = 'for name; do :; done\ncase "$name" in\n' + "".join(
+            f'  {name}) printf "%s\\n6379\\n" "{host}" ;;\n' for name, host in answers.items()
+        ) + "  *) exit 1 ;;\nesac"
     scripts = {
         "hostname": f"echo {pod}",
         "getent": (f'echo "$@" >> "{tmp_path}/getent.log"\n'
@@ -747,8 +755,8 @@ def _run_init(tmp_path: Path, *, sentinel_says: str | None, pod: str = REDIS_POD
         "MASTER_NAME": "chanfleet", "DATA_DIR": str(tmp_path / "data"),
         "TEMPLATE_DIR": str(templates), "REDIS_PASSWORD": "r&e|d/i\\s$1@x",
         "SENTINEL_PASSWORD": "s&e|n~t/1",
-    }
-    return subprocess.run(["sh", templates / "init.sh"], env=env, capture_output=True,
+    } | (env or {})
+    return subprocess.run(["sh", templates / script], env=env, capture_output=True,
                           text=True, timeout=60)
 
 
@@ -1376,9 +1384,311 @@ def test_external_shards_spread_the_channel_layer_over_more_masters() -> None:
 
 
 def test_shards_are_refused_where_the_chart_cannot_serve_them() -> None:
-    """The chart's own Redis runs one master; the main master is not listed twice."""
+    """The chart's own Redis takes redis.groups; the main master is not listed twice."""
     assert "redis.shards needs redis.mode external" in render_error(
         {"redis": {"shards": ["chanfleet-2"]}})
     values = scenario_values("external-sentinel-values.yaml")
     values["redis"]["shards"] = ["chanfleet-prod"]
     assert "repeats redis.masterName" in render_error(values)
+
+
+# ---------------------------------------------------------------------------- Redis groups
+
+
+GROUPS = {"redis": {"groups": 3}}
+GROUP_LABEL = "chanfleet.io/redis-group"
+
+
+def _group_headless(number: int) -> str:
+    suffix = "" if number == 1 else f"-{number}"
+    return f"{FULLNAME}-redis{suffix}-headless.{NAMESPACE}.svc.cluster.local"
+
+
+def _init_env(statefulset: str, values: dict[str, Any]) -> dict[str, str]:
+    """The plain-valued env of a Redis StatefulSet's init container, as the chart renders it."""
+    spec = find("StatefulSet", statefulset, values)["spec"]["template"]["spec"]
+    return {e["name"]: e["value"] for e in spec["initContainers"][0]["env"] if "value" in e}
+
+
+def test_redis_groups_run_a_statefulset_and_a_headless_service_each() -> None:
+    """Group n > 1: `-redis-n` of data nodes only, selecting its own pods by the group label."""
+    values = {"redis": {"groups": 3, "metrics": {"enabled": True}}}
+    sets = {o["metadata"]["name"]: o["spec"] for o in objects(values) if o["kind"] == "StatefulSet"}
+    assert set(sets) == {f"{FULLNAME}-redis", f"{FULLNAME}-redis-2", f"{FULLNAME}-redis-3"}
+    services = {o["metadata"]["name"]: o["spec"] for o in objects(values)
+                if o["kind"] == "Service" and "redis" in o["metadata"]["name"]}
+    assert set(services) == {f"{FULLNAME}-redis-headless", f"{FULLNAME}-redis-2-headless",
+                             f"{FULLNAME}-redis-3-headless"}
+    group0 = sets[f"{FULLNAME}-redis"]
+    selector = group0["selector"]["matchLabels"]
+    assert GROUP_LABEL not in group0["template"]["metadata"]["labels"]
+    for number in (2, 3):
+        spec, service = sets[f"{FULLNAME}-redis-{number}"], services[
+            f"{FULLNAME}-redis-{number}-headless"]
+        pod = spec["template"]
+        assert spec["selector"]["matchLabels"] == selector | {GROUP_LABEL: str(number)}
+        assert service["selector"] == selector | {GROUP_LABEL: str(number)}
+        assert pod["metadata"]["labels"] == group0["template"]["metadata"]["labels"] | {
+            GROUP_LABEL: str(number)}
+        assert spec["serviceName"] == f"{FULLNAME}-redis-{number}-headless"
+        assert [c["name"] for c in pod["spec"]["containers"]] == ["redis", "exporter"]
+        assert [c["name"] for c in pod["spec"]["initContainers"]] == ["config"]
+        for key in ("replicas", "podManagementPolicy", "updateStrategy"):
+            assert spec[key] == group0[key], key
+        assert [t["spec"] for t in spec["volumeClaimTemplates"]] == [
+            t["spec"] for t in group0["volumeClaimTemplates"]]
+        redis, exporter = pod["spec"]["containers"]
+        assert redis | {"env": None} == group0["template"]["spec"]["containers"][0] | {
+            "env": None}
+        assert exporter == group0["template"]["spec"]["containers"][2]
+        assert {k: v for k, v in pod["spec"].items() if k not in {"containers",
+                                                                  "initContainers", "volumes"}
+                } == {k: v for k, v in group0["template"]["spec"].items()
+                      if k not in {"containers", "initContainers", "volumes"}}
+        assert (service["clusterIP"], service["publishNotReadyAddresses"]) == ("None", True)
+        assert [p["name"] for p in service["ports"]] == ["redis"]
+        env = _init_env(f"{FULLNAME}-redis-{number}", values)
+        assert env == {
+            "HEADLESS": _group_headless(number), "SET_NAME": f"{FULLNAME}-redis-{number}",
+            "REPLICAS": "3", "MASTER_NAME": f"chanfleet-{number}",
+            "SENTINEL_SET": f"{FULLNAME}-redis", "SENTINEL_HEADLESS": HEADLESS,
+            "SENTINELS": "3", "WRITE_SENTINEL": "0"}
+        assert {e["name"]: e.get("value") for e in redis["env"] if "value" in e} == {
+            k: v for k, v in env.items() if k != "WRITE_SENTINEL"}
+    for version in (OLDEST_KUBERNETES, NEWEST_KUBERNETES):
+        for obj in objects(values):
+            if obj["kind"] not in KINDS_WITHOUT_SCHEMA:
+                kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_redis_groups_lint_in_strict_mode() -> None:
+    """More groups, with every optional Redis feature on, pass `helm lint --strict`."""
+    values = scenario_values("networkpolicy-values.yaml") | {
+        "redis": {"groups": 2, "metrics": {"enabled": True}, "persistence": {"enabled": False}}}
+    report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE,
+                       kube_version=f"v{OLDEST_KUBERNETES}")
+    assert [m for m in report["messages"] if m["severity"] >= 2] == [] and report["errors"] == []
+
+
+def test_the_first_redis_group_is_what_it_was_without_groups() -> None:
+    """The first group keeps its objects; more groups only add EXTRA_MASTERS and its config."""
+    def documents(values: dict[str, Any]) -> dict[str, str]:
+        rendered = render(SECRET_VALUES | values)
+        return {name: rendered[f"chanfleet/templates/redis/{name}.yaml"].split("\n---\n")[0]
+                .rstrip("\n") for name in ("statefulset", "service")}
+
+    one, two = documents({}), documents({"redis": SECRET_VALUES["redis"] | {"groups": 2}})
+    assert documents({"redis": SECRET_VALUES["redis"] | {"groups": 1}}) == one
+    assert two["service"] == one["service"]
+    extra = re.compile(r"\n {12}# The other groups' masters.*?\n {12}- name: EXTRA_MASTERS\n"
+                       r" {14}value: [^\n]*", re.DOTALL)
+    checksum = re.compile(r"checksum/config: [0-9a-f]{64}")
+    assert extra.search(two["statefulset"]) and not extra.search(one["statefulset"])
+    assert checksum.sub("", extra.sub("", two["statefulset"])) == checksum.sub(
+        "", one["statefulset"])
+    assert checksum.findall(two["statefulset"]) != checksum.findall(one["statefulset"])
+    assert GROUP_LABEL not in "".join(render()["chanfleet/templates/redis/" + name]
+                                      for name in ("statefulset.yaml", "service.yaml"))
+
+
+def test_adding_a_group_rolls_the_first_group_only() -> None:
+    """The other groups' pods roll when what they read changes, not when a group is added."""
+    def checksums(groups: int) -> dict[str, str]:
+        return {o["metadata"]["name"]: o["spec"]["template"]["metadata"]["annotations"][
+            "checksum/config"] for o in objects({"redis": {"groups": groups}})
+            if o["kind"] == "StatefulSet"}
+
+    two, three = checksums(2), checksums(3)
+    assert two[f"{FULLNAME}-redis"] != three[f"{FULLNAME}-redis"]
+    assert two[f"{FULLNAME}-redis-2"] == three[f"{FULLNAME}-redis-2"]
+    smaller = find("StatefulSet", f"{FULLNAME}-redis-2", {"redis": {"groups": 3,
+                                                                   "maxmemory": "64mb"}})
+    assert smaller["spec"]["template"]["metadata"]["annotations"]["checksum/config"] != three[
+        f"{FULLNAME}-redis-2"]
+    volume = next(v for v in find("StatefulSet", f"{FULLNAME}-redis-2", GROUPS)["spec"][
+        "template"]["spec"]["volumes"] if v["name"] == "config")
+    assert [i["key"] for i in volume["configMap"]["items"]] == ["redis.conf.tmpl"]
+
+
+def test_each_redis_group_pod_is_covered_once_by_budget_policy_and_scrapes() -> None:
+    """Group pods fall under the Redis PDB and NetworkPolicy; each exporter is scraped once."""
+    values = scenario_values("networkpolicy-values.yaml") | scenario_values(
+        "monitoring-values.yaml")
+    values["redis"] = {"groups": 3, "metrics": {"enabled": True}}
+    found = objects(values)
+    pods = [o["spec"]["template"]["metadata"]["labels"] for o in found
+            if o["kind"] == "StatefulSet"]
+    assert len(pods) == 3
+
+    def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+        return selector.items() <= labels.items()
+
+    budget = find("PodDisruptionBudget", f"{FULLNAME}-redis", values)["spec"]["selector"]
+    policy = find("NetworkPolicy", f"{FULLNAME}-redis", values)["spec"]["podSelector"]
+    monitor = find("ServiceMonitor", f"{FULLNAME}-redis", values)["spec"]
+    port = monitor["endpoints"][0]["port"]
+    scraped_through = [o for o in found if o["kind"] == "Service"
+                       and selects(monitor["selector"]["matchLabels"], o["metadata"]["labels"])
+                       and port in [p["name"] for p in o["spec"]["ports"]]]
+    for labels in pods:
+        assert selects(budget["matchLabels"], labels)
+        assert selects(policy["matchLabels"], labels)
+        assert len([s for s in scraped_through if selects(s["spec"]["selector"], labels)]) == 1
+
+
+def test_internal_groups_are_the_shards_of_the_channel_layer() -> None:
+    """REDIS_SHARDS lists every group's master, the first one first; none with one group."""
+    env = find("ConfigMap", f"{FULLNAME}-env", GROUPS)["data"]
+    assert env["REDIS_SHARDS"] == "chanfleet,chanfleet-2,chanfleet-3"
+    assert env["REDIS_MASTER_NAME"] == "chanfleet"
+    assert env["REDIS_SENTINELS"] == find("ConfigMap", f"{FULLNAME}-env")["data"][
+        "REDIS_SENTINELS"]
+    assert "REDIS_SHARDS" not in find("ConfigMap", f"{FULLNAME}-env")["data"]
+    assert "REDIS_SHARDS" not in find("ConfigMap", f"{FULLNAME}-env",
+                                      {"redis": {"groups": 1}})["data"]
+    named = {"redis": {"groups": 2, "masterName": "chat"}}
+    assert find("ConfigMap", f"{FULLNAME}-env", named)["data"]["REDIS_SHARDS"] == "chat,chat-2"
+    assert _init_env(f"{FULLNAME}-redis-2", named)["MASTER_NAME"] == "chat-2"
+
+
+def test_sentinels_watch_every_group_master() -> None:
+    """One monitored-master section per group, as deploy/sentinel/render.py writes locally."""
+    from deploy.sentinel.render import render_sentinel_conf
+
+    template = configmap_text("redis", "sentinel.conf.tmpl", GROUPS)
+    assert re.findall(r"^sentinel monitor .*$", template, flags=re.MULTILINE) == [
+        "sentinel monitor chanfleet @@MASTER_HOST@@ @@MASTER_PORT@@ 2",
+        "sentinel monitor chanfleet-2 @@MASTER_HOST_2@@ @@MASTER_PORT_2@@ 2",
+        "sentinel monitor chanfleet-3 @@MASTER_HOST_3@@ @@MASTER_PORT_3@@ 2"]
+    assert set(PLACEHOLDER.findall(template)) == {
+        "SENTINEL_PASSWORD", "REDIS_PASSWORD", "ANNOUNCE_IP", "MASTER_HOST", "MASTER_PORT",
+        "MASTER_HOST_2", "MASTER_PORT_2", "MASTER_HOST_3", "MASTER_PORT_3"}
+    filled = {"SENTINEL_PASSWORD": "s3nt", "REDIS_PASSWORD": "r3dis", "ANNOUNCE_IP": "me.svc",
+              "MASTER_HOST": "m1.svc", "MASTER_PORT": 6379, "MASTER_HOST_2": "m2.svc",
+              "MASTER_PORT_2": 6379, "MASTER_HOST_3": "m3.svc", "MASTER_PORT_3": 6380}
+    local = render_sentinel_conf(
+        port=26379, data_dir="/data/sentinel", password="r3dis", sentinel_password="s3nt",
+        master_host="m1.svc", master_port=6379, master_name="chanfleet", bind="0.0.0.0",
+        announce_ip="me.svc", down_after_ms=5000, failover_timeout_ms=30000, quorum=2,
+        more_masters=(("chanfleet-2", "m2.svc", 6379), ("chanfleet-3", "m3.svc", 6380)))
+    assert PLACEHOLDER.sub(lambda m: str(filled[m.group(1)]), template) == local
+    assert configmap_text("redis", "sentinel.conf.tmpl", {"redis": {"groups": 1}}) == (
+        configmap_text("redis", "sentinel.conf.tmpl"))
+    assert "sentinel monitor chanfleet-2" not in configmap_text("redis", "sentinel.conf.tmpl")
+
+
+def _first_group_env() -> dict[str, str]:
+    return _init_env(f"{FULLNAME}-redis", GROUPS)
+
+
+def test_redis_init_watches_every_group_master_the_sentinels_report(tmp_path: Path) -> None:
+    """First group: each other master from a peer sentinel, else pod 0 of its set; resolved."""
+    moved = f"{FULLNAME}-redis-2-1.{_group_headless(2)}"
+    result = _run_init(tmp_path, sentinel_says=None, values=GROUPS, env=_first_group_env(),
+                       resolvable=f"{NAMESPACE}.svc.cluster.local",
+                       answers={"chanfleet": f"{FULLNAME}-redis-0.{HEADLESS}",
+                                "chanfleet-2": moved})
+    assert result.returncode == 0, result.stderr
+    sentinel = (tmp_path / "data" / "sentinel" / "sentinel.conf").read_text()
+    fallback = f"{FULLNAME}-redis-3-0.{_group_headless(3)}"
+    assert re.findall(r"^sentinel monitor .*$", sentinel, flags=re.MULTILINE) == [
+        f"sentinel monitor chanfleet {FULLNAME}-redis-0.{HEADLESS} 6379 2",
+        f"sentinel monitor chanfleet-2 {moved} 6379 2",
+        f"sentinel monitor chanfleet-3 {fallback} 6379 2"]
+    assert 'sentinel auth-pass chanfleet-3 "r&e|d/i\\s$1@x"' in sentinel
+    assert not PLACEHOLDER.search(sentinel)
+    assert f"\nreplicaof {FULLNAME}-redis-0.{HEADLESS} 6379\n" in (
+        tmp_path / "data" / "conf" / "redis.conf").read_text()
+    looked_up = (tmp_path / "getent.log").read_text().splitlines()
+    assert {f"hosts {moved}", f"hosts {fallback}"} <= set(looked_up)
+    asked = (tmp_path / "redis-cli.log").read_text()
+    for name in ("chanfleet", "chanfleet-2", "chanfleet-3"):
+        assert f"get-master-addr-by-name {name} auth=" in asked
+    assert f"no sentinel answered: {fallback} is the master of chanfleet-3" in result.stderr
+
+
+def test_redis_init_makes_pod_0_of_each_group_master_on_a_first_start(tmp_path: Path) -> None:
+    """With no sentinel answering, every group's master is its pod 0."""
+    result = _run_init(tmp_path, sentinel_says=None, values=GROUPS, env=_first_group_env(),
+                       resolvable=f"{NAMESPACE}.svc.cluster.local")
+    assert result.returncode == 0, result.stderr
+    sentinel = (tmp_path / "data" / "sentinel" / "sentinel.conf").read_text()
+    assert re.findall(r"^sentinel monitor (\S+) (\S+) 6379 2$", sentinel,
+                      flags=re.MULTILINE) == [
+        ("chanfleet", f"{FULLNAME}-redis-0.{HEADLESS}"),
+        ("chanfleet-2", f"{FULLNAME}-redis-2-0.{_group_headless(2)}"),
+        ("chanfleet-3", f"{FULLNAME}-redis-3-0.{_group_headless(3)}")]
+    assert sentinel.count("sentinel myid ") == 1
+
+
+def test_redis_init_waits_for_each_group_master_to_resolve(tmp_path: Path) -> None:
+    """A sentinel would refuse a master it cannot resolve: the init container fails (and is
+    retried) until the other groups' pods exist, instead of writing such a config."""
+    result = _run_init(tmp_path, sentinel_says=None, values=GROUPS, env=_first_group_env(),
+                       resolvable=f"{FULLNAME}-redis-headless.{NAMESPACE}.svc.cluster.local")
+    assert result.returncode != 0
+    assert f"cannot resolve {FULLNAME}-redis-2-0.{_group_headless(2)}" in result.stderr
+    assert not (tmp_path / "data" / "sentinel" / "sentinel.conf").exists()
+
+
+def test_redis_init_of_another_group_asks_the_first_and_writes_no_sentinel(
+        tmp_path: Path) -> None:
+    """A group 2 pod asks the first group's sentinels for its master, writes redis.conf only."""
+    env = _init_env(f"{FULLNAME}-redis-2", GROUPS)
+    pod = f"{FULLNAME}-redis-2-1"
+    result = _run_init(tmp_path, sentinel_says=None, values=GROUPS, env=env, pod=pod,
+                       resolvable=_group_headless(2))
+    assert result.returncode == 0, result.stderr
+    redis = (tmp_path / "data" / "conf" / "redis.conf").read_text()
+    assert f"\nreplicaof {FULLNAME}-redis-2-0.{_group_headless(2)} 6379\n" in redis
+    assert f"replica-announce-ip {pod}.{_group_headless(2)}\n" in redis
+    assert not PLACEHOLDER.search(redis)
+    assert not (tmp_path / "data" / "sentinel").exists()
+    asked = (tmp_path / "redis-cli.log").read_text().splitlines()
+    assert [line.split(" auth=")[0] for line in asked] == [
+        f"--no-auth-warning -h {FULLNAME}-redis-{i}.{HEADLESS} -p 26379 "
+        "SENTINEL get-master-addr-by-name chanfleet-2" for i in range(3)]
+
+    (tmp_path / "again").mkdir()
+    result = _run_init(tmp_path / "again", sentinel_says=f"{pod}.{_group_headless(2)}",
+                       values=GROUPS, env=env, pod=pod, resolvable=_group_headless(2))
+    assert result.returncode == 0, result.stderr
+    assert "\nreplicaof " not in (tmp_path / "again" / "data" / "conf" / "redis.conf").read_text()
+
+
+def test_redis_prestop_of_another_group_asks_the_first_to_fail_over(tmp_path: Path) -> None:
+    """A stopping group 2 master asks the first group's sentinels to fail it over."""
+    env = {e["name"]: e["value"] for e in find("StatefulSet", f"{FULLNAME}-redis-2", GROUPS)[
+        "spec"]["template"]["spec"]["containers"][0]["env"] if "value" in e}
+    result = _run_init(tmp_path, sentinel_says=None, values=GROUPS, env=env,
+                       pod=f"{FULLNAME}-redis-2-0", answers={"replication": "role:master"},
+                       script="prestop-redis.sh")
+    assert result.returncode == 0, result.stderr
+    asked = [line.split(" auth=")[0]
+             for line in (tmp_path / "redis-cli.log").read_text().splitlines()]
+    assert [line for line in asked if "failover" in line] == [
+        f"--no-auth-warning -h {FULLNAME}-redis-{i}.{HEADLESS} -p 26379 "
+        "SENTINEL failover chanfleet-2" for i in range(3)]
+
+
+def test_redis_groups_are_refused_where_the_chart_cannot_run_them() -> None:
+    """At least one group; more only in mode internal (external mode names redis.shards)."""
+    assert "groups" in render_error({"redis": {"groups": 0}})
+    values = scenario_values("external-sentinel-values.yaml")
+    values["redis"]["groups"] = 2
+    message = render_error(values)
+    assert "redis.groups (2) needs redis.mode internal" in message and "redis.shards" in message
+    values = scenario_values("redis-url-values.yaml")
+    values["redis"]["groups"] = 3
+    assert "redis.groups (3) needs redis.mode internal" in render_error(values)
+    external = scenario_values("external-sentinel-values.yaml")
+    external["redis"]["groups"] = 1
+    assert find("ConfigMap", f"{FULLNAME}-env", external)
+    assert "set redis.groups instead" in render_error({"redis": {"shards": ["chanfleet-2"]}})
+
+
+def test_notes_name_the_redis_groups() -> None:
+    """NOTES.txt tells how many groups run and how to check a further group's master."""
+    notes = render(GROUPS)["chanfleet/templates/NOTES.txt"]
+    assert "Redis runs 3 groups" in notes and "SENTINEL ckquorum chanfleet-2" in notes
+    assert "groups" not in render()["chanfleet/templates/NOTES.txt"]

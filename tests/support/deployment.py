@@ -298,11 +298,21 @@ class Deployment:
         return self.kubectl("exec", pod, "-n", NAMESPACE, "-c", "sentinel", "--", "redis-cli",
                             "-p", "26379", "SENTINEL", *args, timeout=20).stdout.strip()
 
-    def redis_master_pod(self, asking: list[str] | None = None) -> str:
-        """The pod the sentinels name as master (its announced name starts with the pod's)."""
+    def redis_cli(self, pod: str, *args: str) -> str:
+        """Run a Redis command on one Redis pod's data node."""
+        # The container's REDISCLI_AUTH is the Redis password.
+        return self.kubectl("exec", pod, "-n", NAMESPACE, "-c", "redis", "--", "redis-cli",
+                            "-p", "6379", *args, timeout=20).stdout.strip()
+
+    def redis_master_pod(self, asking: list[str] | None = None,
+                         master: str = "chanfleet") -> str:
+        """The pod the sentinels name as `master` (its announced name starts with the pod's).
+
+        Only the first Redis group's pods run sentinels; the others' are skipped.
+        """
         for pod in asking or self.pods("redis"):
             with contextlib.suppress(subprocess.SubprocessError):
-                answer = self.sentinel(pod, "get-master-addr-by-name", "chanfleet")
+                answer = self.sentinel(pod, "get-master-addr-by-name", master)
                 host = answer.splitlines()[0] if answer else ""
                 if host:
                     return host.split(".")[0]

@@ -62,6 +62,14 @@ app.kubernetes.io/component: {{ .component }}
 {{ include "chanfleet.fullname" .ctx }}-{{ .suffix }}.{{ .ctx.Release.Namespace }}.svc.{{ .ctx.Values.clusterDomain }}
 {{- end -}}
 
+{{/* Name suffix of Redis group g (counted from 0), for its StatefulSet, headless Service and
+     Sentinel master name: none for the first, which keeps the names it had before groups
+     existed, "-<g+1>" for the others (as deploy/sentinel/render.py names local shards).
+     Call with g. */}}
+{{- define "chanfleet.redisGroupSuffix" -}}
+{{- if . }}-{{ add . 1 }}{{ end -}}
+{{- end -}}
+
 {{/* Sentinel addresses for REDIS_SENTINELS: the pods' stable names, or the external set. */}}
 {{- define "chanfleet.redisSentinels" -}}
 {{- if eq .Values.redis.mode "external" -}}
@@ -175,6 +183,12 @@ REDIS_SENTINELS: {{ include "chanfleet.redisSentinels" . | quote }}
 REDIS_MASTER_NAME: {{ .Values.redis.masterName | quote }}
 {{- if .Values.redis.shards }}
 REDIS_SHARDS: {{ prepend .Values.redis.shards .Values.redis.masterName | join "," | quote }}
+{{- else if and (eq .Values.redis.mode "internal") (gt (int .Values.redis.groups) 1) }}
+{{- $masters := list }}
+{{- range $g := until (int .Values.redis.groups) }}
+{{- $masters = append $masters (printf "%s%s" $.Values.redis.masterName (include "chanfleet.redisGroupSuffix" $g)) }}
+{{- end }}
+REDIS_SHARDS: {{ join "," $masters | quote }}
 {{- end }}
 {{- end }}
 DRAIN_WINDOW: {{ .Values.ws.drain.windowSeconds | quote }}

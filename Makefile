@@ -70,7 +70,7 @@ rehearse-failover: venv ## Kill the Redis master mid-soak; prints dropped socket
 	$(PY) -m loadtest.run failover --shard $(SHARD)
 
 .PHONY: rehearse-deploy
-rehearse-deploy: venv system-deps ## The chart in the local cluster: smoke, Redis pod killed, rolling deploy, forged XFF (prints figures)
+rehearse-deploy: venv system-deps ## The chart in the local cluster (two Redis groups): smoke, second group, Redis pod killed, rolling deploy, forged XFF
 	$(PY) -m pytest -s -q -p no:cacheprovider tests/test_deployed.py $(PYTEST_ARGS)
 
 .PHONY: rehearse-rollout
@@ -97,6 +97,16 @@ bench: venv system-deps ## Fan-out benchmark, ours vs stock vs no-Django ceiling
 .PHONY: bench-redis-cost
 bench-redis-cost: venv system-deps ## Redis CPU per group send by room size, script and pub/sub fan-out (SIZES_COST=100,1000,10000,50000)
 	$(PY) -m loadtest.redis_cost --sizes $(SIZES_COST)
+
+# The scale benchmark: one room of MEMBERS through nginx (not in CI: about 20 minutes).
+MEMBERS ?= 50000
+ROOMS ?= 1
+SCALE_SHARDS ?= 1
+
+.PHONY: bench-scale
+bench-scale: venv system-deps ## One room of 50,000 through nginx, ours vs the ceiling; writes docs/benchmarks.md (MEMBERS=, ROOMS=, SCALE_SHARDS=)
+	$(PY) -m loadtest.scale --members $(MEMBERS) --rooms $(ROOMS) --shards $(SCALE_SHARDS) \
+		--cost-sizes $(SIZES_COST) --out docs/benchmarks.md
 
 .PHONY: dev
 dev: venv ## One uvicorn process, in-memory layer, SQLite: a quick look at http://127.0.0.1:8000/

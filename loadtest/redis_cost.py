@@ -1,7 +1,7 @@
 """Redis CPU per broadcast as a room grows, for the channel layer in use.
 
     python -m loadtest.redis_cost [--sizes 100,1000,10000,50000] [--processes 4] [--sends 30]
-        [--fanouts script,pubsub]
+        [--pace 0.25] [--fanouts script,pubsub]
 
 Starts a redis-server of its own on a free loopback port, makes one room of N members spread
 over P WebSocket processes (N channel names in the room's group, as P processes' `group_add`s
@@ -50,18 +50,24 @@ def redis_figures(client, command: str) -> dict[str, float]:
             "calls": float(stats.get("calls", 0)), "usec": float(stats.get("usec", 0))}
 
 
-async def broadcast(layer, group: str, sends: int) -> None:
-    """Send the room `sends` chat events, one after the other."""
+async def broadcast(layer, group: str, sends: int, pace: float = 0.0) -> None:
+    """Send the room `sends` chat events, one every `pace` seconds (0: back to back)."""
+    started = time.monotonic()
     for seq in range(1, sends + 1):
+        await asyncio.sleep(max(0.0, started + (seq - 1) * pace - time.monotonic()))
         await layer.group_send(group, {"type": "room.event", "seq": seq, "text": TEXT,
                                        "kind": "message"})
 
 
-def measure(url: str, size: int, processes: int, sends: int, fanout: str = "script") -> dict:
+def measure(url: str, size: int, processes: int, sends: int, fanout: str = "script",
+            pace: float = 0.0) -> dict:
     """Redis's cost of one broadcast to a room of `size` members on `processes` processes.
 
     `script`: the members are in the group's sorted set, as `group_add` leaves them. `pubsub`:
-    each process's members are in that process only, and the process subscribed once.
+    each process's members are in that process only, and the process subscribed once. With
+    `pace`, sends start that many seconds apart, so Redis idles between them for as long at
+    every size (back to back, a larger room's local fan-out leaves Redis longer idle, and a
+    command after a longer idle runs on colder caches: microseconds that are not its work).
     """
     import redis
 
@@ -97,7 +103,7 @@ def measure(url: str, size: int, processes: int, sends: int, fanout: str = "scri
         await broadcast(sender, group, 1)  # warm: the script cached, the pool connected
         first = redis_figures(client, command)
         started = time.monotonic()
-        await broadcast(sender, group, sends)
+        await broadcast(sender, group, sends, pace)
         seconds = time.monotonic() - started
         last = redis_figures(client, command)
         for holder in [sender, *holders]:
@@ -114,7 +120,7 @@ def measure(url: str, size: int, processes: int, sends: int, fanout: str = "scri
         "us_per_send": round((after["usec"] - before["usec"]) / max(calls, 1), 1),
         "redis_cpu_ms_per_send": round((after["cpu"] - before["cpu"]) * 1000 / sends, 3),
         "bytes_per_send": round(written / (sends + 1)),
-        "sends_per_s": round(sends / seconds, 1),
+        "sends_per_s": round(sends / seconds, 1), "pace": pace,
     }
 
 
@@ -142,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="100,1000,10000,50000")
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--sends", type=int, default=30)
+    parser.add_argument("--pace", type=float, default=0.25,
+                        help="seconds from one send's start to the next's (0: back to back)")
     parser.add_argument("--fanouts", default="script,pubsub",
                         help="the layer's group_fanout modes to measure")
     parser.add_argument("--json", type=Path)
@@ -156,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sizes = [int(s) for s in args.sizes.split(",")]
     with RedisServer() as server:
-        rows = [measure(server.url, size, args.processes, args.sends, fanout)
+        rows = [measure(server.url, size, args.processes, args.sends, fanout, args.pace)
                 for fanout in args.fanouts.split(",") for size in sizes]
     print(table(rows))
     out = args.json or REPO / "build" / "redis_cost" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -336,8 +336,11 @@ class Worker:
                 await asyncio.sleep(delay)
             else:
                 max_lag = max(max_lag, -delay)
-                if -delay > duration:
-                    break  # the sender itself cannot keep up: stop rather than run on
+                if -delay > max(duration, 1.0):
+                    # The sender itself cannot keep up: stop rather than run on. Never for
+                    # less than a second of lag: a phase of one send (loadtest.scale) would
+                    # otherwise skip it whenever the loop woke a little late.
+                    break
             self.counters[room] += 1
             counter = self.counters[room]
             text = (f'{{"type":"message","message":"{MARK}{phase}|{counter}|{time.time():.6f}",'

@@ -335,11 +335,11 @@ SKELETON = """# Benchmarks: fan-out through nginx, chanfleet against stock Chann
 """
 
 
-def write_markdown(path: Path, section: str) -> None:
-    """Replace the generated section of path (or create the file around it)."""
+def write_markdown(path: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the section between begin and end of path (or create the file around it)."""
     if path.exists():
         text = path.read_text()
-        pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
+        pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
         if pattern.search(text):
             path.write_text(pattern.sub(lambda _: section, text, count=1))
             return

@@ -1,4 +1,6 @@
-"""The three systems under test, each behind the same nginx template with two WebSocket processes.
+"""The three systems under test, each behind the same nginx template.
+
+Two WebSocket processes each (more for `loadtest.scale`).
 
 * `Ours`: the real chanfleet topology (`deploy.local.topology.Topology`, shifted ports), with
   benchmark rate limits; users log in over the JSON API.
@@ -13,6 +15,7 @@ scenario's memory figure starts from a clean heap), `ws_pids()`, `cookies(n)`, `
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -99,6 +102,24 @@ def cpu_busy(seconds: float = 2.0) -> float:
 
 
 
+def with_ws_processes(ports: Ports, count: int) -> Ports:
+    """The plan with `count` WebSocket processes on consecutive ports from its first one."""
+    if not 1 <= count <= 9:  # the internal listeners sit ten above the public ones
+        raise ValueError("between 1 and 9 WebSocket processes")
+    first, internal = ports.ws[0], ports.ws_internal[0]
+    return dataclasses.replace(ports, ws=tuple(first + i for i in range(count)),
+                               ws_internal=tuple(internal + i for i in range(count)))
+
+
+def children_of(pid: int) -> list[int]:
+    """The direct children of a process (nginx's workers), from /proc."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
+
+
 class System:
     """Common parts of the three systems."""
 
@@ -142,10 +163,14 @@ class Ours(System):
     ready_marker = '"history_end"'
     resumes = True
 
-    def __init__(self, state: Path, offset: int, ws_env: dict[str, str] | None = None):
-        self.topology = Topology(state, ports=Ports().shifted(offset), env=dict(OURS_ENV),
-                                 monitoring=False, ws_env=ws_env or {},
-                                 nginx_values=NGINX_OVERRIDES)
+    def __init__(self, state: Path, offset: int, ws_env: dict[str, str] | None = None, *,
+                 ws_processes: int = 2, shards: int = 1,
+                 nginx_values: dict[str, str] | None = None):
+        self.topology = Topology(state, ports=with_ws_processes(Ports().shifted(offset),
+                                                                ws_processes),
+                                 env=dict(OURS_ENV), monitoring=False, ws_env=ws_env or {},
+                                 nginx_values={**NGINX_OVERRIDES, **(nginx_values or {})},
+                                 shards=shards)
         self.nginx_port = self.topology.ports.nginx
         self.ws_ports = list(self.topology.ports.ws)
         self._cookies: list[str] = []
@@ -165,11 +190,26 @@ class Ours(System):
         self.topology.down()
 
     def ws_pids(self) -> list[int]:
-        """The WebSocket processes ws-1 and ws-2."""
+        """The WebSocket processes ws-1, ws-2, ..."""
         return [pid for pid in (self.topology.pid(n) for n in self.topology.ws_programs()) if pid]
 
+    def nginx_pid(self) -> int | None:
+        """nginx's master process."""
+        return self.topology.pid("nginx") or None
+
+    def redis_clients(self) -> list:
+        """A client of each shard's current master (the channel layer's Redis)."""
+        import redis
+
+        clients = []
+        for shard in range(self.topology.redis.shards):
+            host, port = self.topology.redis_master(shard)
+            clients.append(redis.Redis(host=host, port=port, socket_timeout=5,
+                                       password=self.topology.redis.password))
+        return clients
+
     def restart_ws(self) -> None:
-        """Kill both WebSocket processes (supervisor restarts them) and wait until ready."""
+        """Kill every WebSocket process (supervisor restarts them) and wait until ready."""
         old = self.ws_pids()
         for name in self.topology.ws_programs():
             self.topology.kill(name, signal.SIGKILL)
@@ -234,22 +274,26 @@ print(json.dumps({"engine": settings.SESSION_ENGINE, "user": user.get_username()
 
 
 class _Processes(System):
-    """Two WebSocket processes we run ourselves, plus nginx and a standalone redis-server."""
+    """WebSocket processes we run ourselves (two by default), nginx and a standalone Redis."""
 
-    def __init__(self, state: Path, base_port: int):
+    def __init__(self, state: Path, base_port: int, processes: int = 2,
+                 nginx_values: dict[str, str] | None = None):
+        if not 1 <= processes <= 8:  # base_port + 20 is Redis's
+            raise ValueError("between 1 and 8 WebSocket processes")
         self.state = state
         self.nginx_port = base_port
-        self.ws_ports = [base_port + 11, base_port + 12]
+        self.ws_ports = [base_port + 11 + i for i in range(processes)]
         # The tests' standalone Redis (the chart's config, with a password) on a fixed port;
         # maxclients stated so that a lowered default cannot refuse the load's connections.
         self.redis = RedisServer(port=base_port + 20, base_dir=state / "redis",
                                  extra_args=["--maxclients", "10000"])
         self.nginx = Nginx.local(base_port, self.ws_ports, self.ws_ports, base_port + 90,
-                                 state_dir=state / "nginx", **NGINX_OVERRIDES)
-        self.procs: list[Child | None] = [None, None]
+                                 state_dir=state / "nginx",
+                                 **{**NGINX_OVERRIDES, **(nginx_values or {})})
+        self.procs: list[Child | None] = [None] * processes
 
     def ports(self) -> list[int]:
-        """nginx, its status port, the two WebSocket processes and Redis."""
+        """nginx, its status port, the WebSocket processes and Redis."""
         return [self.nginx_port, self.nginx_port + 90, *self.ws_ports, self.redis.port]
 
     def command(self, port: int) -> list[str]:  # pragma: no cover - overridden
@@ -266,7 +310,7 @@ class _Processes(System):
                                   self.state / f"{name}.log", cwd=REPO, env=self.env()).start()
 
     def start(self) -> None:
-        """Start Redis, the two WebSocket processes and nginx."""
+        """Start Redis, the WebSocket processes and nginx."""
         self.state.mkdir(parents=True, exist_ok=True)
         self.redis.start()
         self.prepare()
@@ -288,7 +332,7 @@ class _Processes(System):
         self.redis.stop()
 
     def restart_ws(self) -> None:
-        """Replace both WebSocket processes with fresh ones."""
+        """Replace every WebSocket process with a fresh one."""
         for proc in self.procs:
             if proc is not None:
                 proc.kill()
@@ -298,8 +342,16 @@ class _Processes(System):
             wait_port(port, 60)
 
     def ws_pids(self) -> list[int]:
-        """PIDs of the two WebSocket processes."""
+        """PIDs of the WebSocket processes."""
         return [p.pid for p in self.procs if p is not None and p.pid is not None]
+
+    def nginx_pid(self) -> int | None:
+        """nginx's master process."""
+        return self.nginx.pid
+
+    def redis_clients(self) -> list:
+        """A client of the standalone Redis."""
+        return [self.redis.client(socket_timeout=5)]
 
 
 class Stock(_Processes):
@@ -402,7 +454,7 @@ class Ceiling(_Processes):
                 "--redis", self.redis.url]
 
     def cookies(self, count: int, log=print) -> list[str]:
-        """Any cookie is accepted; distinct ones spread sockets over both processes."""
+        """Any cookie is accepted; distinct ones spread sockets over the processes."""
         return [f"ceiling-session-{i:05d}" for i in range(1, count + 1)]
 
     def check_session_queries(self) -> dict:

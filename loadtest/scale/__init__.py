@@ -1,0 +1,1 @@
+"""The scale benchmark: one room of many members through nginx, ours against the ceiling."""

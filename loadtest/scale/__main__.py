@@ -1,0 +1,5 @@
+"""python -m loadtest.scale."""
+
+from .cli import main
+
+raise SystemExit(main())

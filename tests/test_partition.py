@@ -144,26 +144,36 @@ def redis_truth(top: PartitionTopology, room_id: int) -> dict[str, set[str]]:
             members = client.zrangebyscore(f"chanfleet:asgi:group:chat.{ROOM}",
                                            now - GROUP_EXPIRY, "+inf")
             present = client.zrangebyscore(f"chanfleet:presence:room:{room_id}", now, "+inf")
-            users = {}
-            for key in client.scan_iter("chanfleet:presence:user:*"):
-                live = client.zrangebyscore(key, now, "+inf")
-                if live:
-                    users[key.rsplit(":", 1)[1]] = set(live)
+
+            def live_by_user(pattern: str) -> dict[str, set[str]]:
+                found = {}
+                for key in client.scan_iter(pattern):
+                    live = client.zrangebyscore(key, now, "+inf")
+                    if live:
+                        found[key.rsplit(":", 1)[1]] = set(live)
+                return found
+
+            users = live_by_user("chanfleet:presence:user:*")
+            in_room = live_by_user(f"chanfleet:presence:room:{room_id}:*")
+        # The room's set holds user ids; each user's sockets in the room have a set of their own.
         return {"members": set(members), "present": set(present),
+                "in_room": {f"{u}:{c}" for u, chans in in_room.items() for c in chans},
                 "users": {f"{u}:{c}" for u, chans in users.items() for c in chans}}
 
     return top.on("client", read)
 
 
 def correct(truth: dict[str, set[str]], clients: list[StampedChatClient]) -> bool:
-    """Whether Redis holds exactly one live presence entry and membership per connected client."""
-    wanted = {str(next(f["user_id"] for f in c.frames if f["type"] == "connected"))
-              for c in clients}
-    present_users = [entry.split(":", 1)[0] for entry in truth["present"]]
-    present_channels = {entry.split(":", 1)[1] for entry in truth["present"]}
+    """Whether Redis holds exactly the connected clients' users in the room, and one live
+    presence entry and membership per connected client."""
+    wanted = sorted(str(next(f["user_id"] for f in c.frames if f["type"] == "connected"))
+                    for c in clients)
+    room_channels = [entry.split(":", 1)[1] for entry in truth["in_room"]]
     user_channels = {entry.split(":", 1)[1] for entry in truth["users"]}
-    return (sorted(present_users) == sorted(wanted)
-            and truth["members"] == present_channels == user_channels)
+    return (sorted(truth["present"]) == sorted(set(wanted))
+            and sorted(entry.split(":", 1)[0] for entry in truth["in_room"]) == wanted
+            and truth["members"] == set(room_channels) == user_channels
+            and len(room_channels) == len(clients))
 
 
 def command_calls(info: dict) -> dict[str, int]:

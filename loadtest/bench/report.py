@@ -100,13 +100,15 @@ def verdict(value: float | None, kind: str, threshold: float, higher: bool = Tru
 
 
 # ---------------------------------------------------------------------- formatting
-def _num(value, digits: int = 0) -> str:
+def num(value, digits: int = 0) -> str:
+    """A figure with thousands separators, or "-" when missing."""
     if value is None:
         return "-"
     return f"{value:,.{digits}f}"
 
 
-def _ms(value: float | None) -> str:
+def ms(value: float | None) -> str:
+    """Milliseconds as "12 ms" or, from a second up, "1.2 s"; "-" when missing."""
     if value is None:
         return "-"
     if value >= 1000:
@@ -120,7 +122,7 @@ def _x(value: float | None, kind: str = "") -> str:
 
 def _bound(pair: tuple[float | None, bool]) -> str:
     value, low = pair
-    return "-" if value is None else ("≥ " if low else "") + _num(value)
+    return "-" if value is None else ("≥ " if low else "") + num(value)
 
 
 def _lost(chosen: dict) -> str:
@@ -143,16 +145,16 @@ def figures_table(results: list[dict]) -> str:
         comfort = result.get("comfort", {})
         top = step(result, "best")
         rtt = ("none arrived" if comfort.get("delivered") == 0 else
-               f"{_ms(comfort.get('p50_ms'))} / {_ms(comfort.get('p99_ms'))}")
+               f"{ms(comfort.get('p50_ms'))} / {ms(comfort.get('p99_ms'))}")
         cap = _bound(throughput(result, "capacity"))
         if cap == "-" and top is not None:
             cap = "none" + (f" ({_lost(top)} at best)" if _lost(top) else "")
         rows.append(
             f"| {result['size']} | {result['system']} | {cap} "
-            f"| {_bound(throughput(result, 'best'))} ({_ms(top and top.get('p99_ms'))}) "
-            f"| {rtt} | {_num(get(result, ('memory', 'per_socket_kib')), 1)} "
-            f"| {_num(get(result, ('connect', 'rate')))} "
-            f"| {_num(get(result, ('connect', 'resume', 'rate')))} |")
+            f"| {_bound(throughput(result, 'best'))} ({ms(top and top.get('p99_ms'))}) "
+            f"| {rtt} | {num(get(result, ('memory', 'per_socket_kib')), 1)} "
+            f"| {num(get(result, ('connect', 'rate')))} "
+            f"| {num(get(result, ('connect', 'resume', 'rate')))} |")
     return "\n".join(rows)
 
 
@@ -162,7 +164,7 @@ def comfort_line(results: list[dict]) -> str:
     for result in _ordered(results):
         comfort = result.get("comfort")
         if result["system"] == _ordered(results)[0]["system"] and comfort:
-            parts.append(f"rooms of {result['size']} at {_num(comfort['offered'])} "
+            parts.append(f"rooms of {result['size']} at {num(comfort['offered'])} "
                          f"deliveries/s ({comfort['rate_per_room']:g} msg/s per room)")
     return "Comfortable load: " + ", ".join(parts) + "." if parts else ""
 
@@ -233,13 +235,13 @@ def ramp_tables(results: list[dict]) -> str:
                     cells.append("")
                     continue
                 s = steps[i]
-                text = " · ".join(filter(None, [_num(s["throughput"]), _ms(s.get("p99_ms")),
+                text = " · ".join(filter(None, [num(s["throughput"]), ms(s.get("p99_ms")),
                                                 _lost(s)]))
                 if get(result, ("ramp", "capacity")) == i:
                     text = f"**{text}**"
                 cells.append(text + (" (best)" if get(result, ("ramp", "best")) == i else ""))
             out.append(f"| {base['rate_per_room']:.2f} "
-                       f"| {_num(base['rate_per_room'] * longest['sockets'])} | "
+                       f"| {num(base['rate_per_room'] * longest['sockets'])} | "
                        + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out).rstrip()
@@ -288,7 +290,7 @@ def machine_lines(results: list[dict], run: dict) -> list[str]:
         f"- Load generator: {config['workers']} processes, {config['concurrency']} handshakes "
         f"in flight, {config['users']} signed-in users per system; steps of "
         f"{config['step_seconds']:g} s growing {config['growth']:g}x from "
-        f"{_num(config['start_deliveries'])} deliveries/s. Other work on the machine at each "
+        f"{num(config['start_deliveries'])} deliveries/s. Other work on the machine at each "
         f"scenario's start: at most "
         f"{max((r.get('foreign_busy', 0) for r in results), default=0):.0%} of the CPUs.",
     ]

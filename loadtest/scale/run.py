@@ -233,7 +233,7 @@ def measure(system: System, config: Config, log=print) -> dict:
         log(f"  {system.name}: {figures['delivered']} of "
             f"{figures['receivers'] * len(phases)} delivered, last delivery p50/p99 "
             f"{figures['last_p50_ms']:.0f}/{figures['last_p99_ms']:.0f} ms")
-        cpu = {part: above_idle(idle, busy, part) for part in ("redis", *pids)}
+        cpu = {part: above_idle(idle, busy, part) for part in pids}
         return {
             "system": system.name, "members": config.members, "rooms": config.rooms,
             "opened": connect["opened"],
@@ -250,7 +250,6 @@ def measure(system: System, config: Config, log=print) -> dict:
             "busy_cpu_share": {part: round(busy[part] / busy["seconds"], 4)
                                for part in ("redis", *pids)},
             "deliveries_per_s": round(figures["delivered"] / busy["seconds"]),
-            "redis_cpu_ms_per_broadcast": round(cpu["redis"] * 1000 / len(phases), 3),
             "cpu_us_per_delivery": {part: round(cpu[part] * 1e6 / max(1, figures["delivered"]),
                                                 2) for part in pids},
             "redis_commands": {"idle": command_rates(idle["commands"], idle["seconds"]),

@@ -114,7 +114,7 @@ def result(system, last_p99, lost=0, kib=20.0):
             "connect": {"rate": 100.0}, "broadcasts": 20, "delivered": 20_000 - lost,
             "first_p50_ms": 10.0, "first_p99_ms": 20.0, "last_p50_ms": last_p99 / 2,
             "last_p99_ms": last_p99, "lost": lost, "duplicates": 0, "ws_kib_per_socket": kib,
-            "nginx_kib_per_socket": 21.0, "redis_cpu_ms_per_broadcast": 0.1,
+            "nginx_kib_per_socket": 21.0,
             "idle_cpu_share": {"redis": 0.02, "ws": 0.5}, "busy_cpu_share": {"redis": 0.025},
             "cpu_us_per_delivery": {"ws": 20.0, "nginx": 3.0, "generator": 9.0}}
 

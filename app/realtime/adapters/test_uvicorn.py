@@ -177,3 +177,97 @@ async def test_the_application_finds_the_direct_socket_in_its_scope():
             assert protocol.inbox is protocol.queue
             assert protocol.write_text("direct") is True
             assert await client.recv() == "direct"
+
+
+class SansIOClient:
+    """A WebSocket client over a bare TCP stream that answers pings only when told to."""
+
+    def __init__(self, reader, writer, protocol):
+        self.reader, self.writer, self.protocol = reader, writer, protocol
+        self.pings = 0
+        self.close_code = None
+
+    @classmethod
+    async def open(cls, url: str) -> "SansIOClient":
+        """Connect and complete the opening handshake."""
+        from websockets.client import ClientProtocol
+        from websockets.uri import parse_uri
+
+        uri = parse_uri(url)
+        reader, writer = await asyncio.open_connection(uri.host, uri.port)
+        protocol = ClientProtocol(uri)
+        protocol.send_request(protocol.connect())
+        client = cls(reader, writer, protocol)
+        client.flush()
+        while protocol.handshake_exc is None and protocol.state.name == "CONNECTING":
+            protocol.receive_data(await reader.read(65536))
+        assert protocol.state.name == "OPEN"
+        protocol.events_received()  # the 101 response (the echo app sends nothing first)
+        return client
+
+    def flush(self) -> None:
+        """Send what the protocol has queued (pongs included)."""
+        self.writer.write(b"".join(self.protocol.data_to_send()))
+
+    async def read_for(self, seconds: float, answer_pings: bool,
+                       chatter: float | None = None) -> None:
+        """Read frames for `seconds`, counting pings; send a text frame every `chatter` s."""
+        from websockets.frames import Opcode
+
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        next_chat = loop.time()
+        while (now := loop.time()) < end and self.close_code is None:
+            if chatter is not None and now >= next_chat:
+                self.protocol.send_text(b"hi")
+                self.flush()
+                next_chat = now + chatter
+            wait = min(end, next_chat if chatter is not None else end) - now
+            try:
+                data = await asyncio.wait_for(self.reader.read(65536), max(wait, 0.001))
+            except TimeoutError:
+                continue
+            self.protocol.receive_data(data)
+            for event in self.protocol.events_received():
+                if event.opcode == Opcode.PING:
+                    self.pings += 1
+                elif event.opcode == Opcode.CLOSE:
+                    self.close_code = self.protocol.close_rcvd.code
+            if answer_pings:
+                self.flush()
+            else:
+                self.protocol.data_to_send()  # the queued pongs are dropped
+            if not data:
+                break
+
+    def close(self) -> None:
+        """Drop the TCP connection."""
+        self.writer.close()
+
+
+async def test_a_client_heard_from_is_not_pinged_a_silent_one_is():
+    """Keep-alive pings go only to clients that sent nothing since the last one was due."""
+    async with serve(ws_ping_interval=0.2, ws_ping_timeout=0.5) as (_server, url):
+        chatty, silent = await SansIOClient.open(url), await SansIOClient.open(url)
+        try:
+            await asyncio.gather(chatty.read_for(1.2, answer_pings=True, chatter=0.05),
+                                 silent.read_for(1.2, answer_pings=True))
+        finally:
+            chatty.close()
+            silent.close()
+    assert chatty.pings == 0
+    # Its pong counts as hearing from it: every other ping is skipped, not all of them.
+    assert silent.pings >= 2
+    assert silent.close_code is None
+
+
+async def test_a_client_that_answers_nothing_is_closed_after_the_ping_timeout():
+    """Silence and no pong: 1011 within two ping intervals and the timeout."""
+    async with serve(ws_ping_interval=0.2, ws_ping_timeout=0.3) as (_server, url):
+        client = await SansIOClient.open(url)
+        try:
+            await client.read_for(2.0, answer_pings=False)
+        finally:
+            client.close()
+    assert client.pings == 1
+    assert client.close_code == 1011

@@ -2,7 +2,8 @@
 
 Relied on, from `uvicorn.protocols.websockets.websockets_sansio_impl.WebSocketsSansIOProtocol`
 (an implementation module, not a documented interface): its constructor, `handle_connect`,
-`receive`, `start_keepalive`, and the attributes `conn` (websockets' ServerProtocol), `scope`,
+`receive`, `start_keepalive`, `send_keepalive_ping` (called by the ping timer), `schedule_ping`
+(which sets `ping_timer`), and the attributes `conn` (websockets' ServerProtocol), `scope`,
 `request`, `response`, `queue` (put_nowait, empty), `writable` (set, clear, is_set, wait),
 `read_paused`, `close_sent`, `close_timer`, `handshake_complete`, `disconnected` and
 `transport`; its `data_received`, `handle_parser_exception` (called once the websockets parser
@@ -102,6 +103,7 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
         self.backlog: collections.deque | None = None  # sent while writes were paused
         self.shedding = False  # closed by the server itself: what the application sends is dropped
         self.linger: CloseFrameWatch | None = None
+        self.heard = False  # bytes came from the client since the last keep-alive ping was due
 
     @classmethod
     def with_limits(cls, limits: SocketLimits) -> type["FanoutWebSocketProtocol"]:
@@ -158,6 +160,21 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
             FanoutWebSocketProtocol._last_frame = (text, frame)
         self.transport.write(frame)
         return True
+
+    def send_keepalive_ping(self) -> None:
+        """uvicorn's keep-alive ping, skipped when the client was heard from since the last one.
+
+        Bytes from the client prove the connection alive as well as a pong would, and a
+        client of the protocol sends some every heartbeat interval (its `pong` answers). The
+        ping would cost every idle socket a frame each way and two timers. A silent client is
+        still pinged and closed when it does not answer within the ping timeout: a connection
+        gone dark is found within two ping intervals and the timeout, not one.
+        """
+        if self.heard and not self.close_sent and not self.transport.is_closing():
+            self.heard = False
+            self.schedule_ping()
+            return
+        super().send_keepalive_ping()
 
     def start_keepalive(self) -> None:
         """Called once, right after the 101 went out: forget the handshake, then start pings.
@@ -297,6 +314,7 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def data_received(self, data: bytes) -> None:
         """Frames for websockets' parser; after a 1009, bytes for the lingering close to discard."""
+        self.heard = True
         if self.linger is None:
             super().data_received(data)
         else:

@@ -411,8 +411,11 @@ class ChatConsumer(RealtimeConsumer):
         if latest is None:
             return  # the database is away or hangs: checked again on the next beat
         for consumer in live:
+            seq = latest.get(consumer.room.id)
+            if seq is None or seq < consumer.next_seq:
+                continue  # nothing missed: the usual case, checked without a coroutine
             try:
-                await consumer.catch_up(latest.get(consumer.room.id))
+                await consumer.catch_up(seq)
             except uvicorn_adapter.CLIENT_GONE:
                 logger.debug("gap check of %s: the client is gone", consumer.channel_name)
             except Exception:

@@ -407,25 +407,33 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     # ------------------------------------------------------------------ heartbeat
     @classmethod
     async def heartbeat_many(cls, consumers) -> None:
-        """Heartbeat these consumers of this class; subclasses batch what they read for them."""
+        """Heartbeat these consumers of this class; subclasses batch what they read for them.
+
+        One frame text serves the whole portion: every socket of a beat gets the same `ts`,
+        so the frame is encoded and framed once (see `write_frame`), and a socket the server
+        can write to at once costs no coroutine. Inactive sockets are closed instead.
+        """
+        text = json.dumps({"type": "heartbeat", "ts": time.time()}, separators=(",", ":"))
+        idle_since = time.monotonic() - settings.WS_INACTIVITY_TIMEOUT
+        sent = 0
         for consumer in consumers:
             try:
-                await consumer.on_heartbeat()
+                if consumer.last_activity < idle_since:
+                    metrics.HEARTBEAT_TIMEOUTS.inc()
+                    await consumer.close(code=Close.INACTIVE, reason="inactive")
+                    continue
+                if consumer.closing:
+                    continue
+                sent += 1
+                if not consumer.write_frame(text, "heartbeat"):
+                    await consumer.send_frame(text, "heartbeat")
             except uvicorn_adapter.CLIENT_GONE:
                 # Closed since the last beat: its disconnect event, already on its way,
                 # cleans up; nothing failed.
                 logger.debug("heartbeat of %s: the client is gone", consumer.channel_name)
             except Exception:
                 logger.exception("heartbeat of %s failed", consumer.channel_name)
-
-    async def on_heartbeat(self) -> None:
-        """Called by the process heartbeat: close idle sockets, else send a heartbeat frame."""
-        if time.monotonic() - self.last_activity > settings.WS_INACTIVITY_TIMEOUT:
-            metrics.HEARTBEAT_TIMEOUTS.inc()
-            await self.close(code=Close.INACTIVE, reason="inactive")
-            return
-        metrics.HEARTBEAT_PINGS.inc()
-        await self.send_frame({"type": "heartbeat", "ts": time.time()})
+        metrics.HEARTBEAT_PINGS.inc(sent)
 
     def heartbeat_answered(self, data: dict) -> None:
         """Record a client's heartbeat answer and its round-trip time."""

@@ -210,6 +210,7 @@ def measure(system: System, config: Config, log=print) -> dict:
         generator.stats(reset=True)
 
         phases = [f"b{i}" for i in range(config.broadcasts)]
+        log(f"  {system.name}: {len(phases)} broadcasts, one every {config.interval:g} s")
         before = reading(clients, pids)
         first_at = time.time() + 1.0
         # One room: each broadcast at the start of its slot. Several: each room's sender

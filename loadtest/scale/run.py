@@ -43,7 +43,10 @@ class Config:
     source_addrs: int = 8  # 127.0.0.2.. so the ephemeral port range never runs out
     handshake_timeout: float = 60.0
     connect_deadline: float = 3_600.0
-    idle_seconds: float = 15.0
+    # Whole periods of the 20 s keep-alive pings (WS_PING_INTERVAL, websockets' default): the
+    # ceiling's start in a bunch when its fast connect ends, and a shorter window catches
+    # more or fewer of them than their average.
+    idle_seconds: float = 60.0
     drain_timeout: float = 60.0  # after the last broadcast, for the last deliveries
     run_id: str = ""
 

@@ -12,11 +12,24 @@ TARGET_LAST_RATIO = 2.0
 TARGET_REDIS_RATIO = 2.0
 
 
-def _cores(result: dict) -> str:
-    idle = result.get("idle_cpu_share", {})
+def _cores(result: dict, window: str = "idle") -> str:
+    shares = result.get(f"{window}_cpu_share", {})
     names = {"ws": "WebSocket processes", "nginx": "nginx", "generator": "clients",
              "redis": "Redis"}
-    return ", ".join(f"{names[part]} {idle[part]:.2f}" for part in names if part in idle)
+    return ", ".join(f"{names[part]} {shares[part]:.2f}" for part in names if part in shares)
+
+
+def _per_delivery(result: dict, part: str) -> str:
+    """A part's CPU per delivery, or "below idle" when it was busier with no broadcast.
+
+    On a saturated machine the idle work slows down while broadcasting (keep-alive pings are
+    paced by their answers), so a part's share can fall below its idle share: its cost per
+    delivery is then not measurable by the difference, and 0 would be a false figure.
+    """
+    busy, idle = result.get("busy_cpu_share", {}), result.get("idle_cpu_share", {})
+    if part in busy and part in idle and busy[part] <= idle[part]:
+        return "below idle"
+    return str(result.get("cpu_us_per_delivery", {}).get(part, "-"))
 
 
 def system_table(results: list[dict]) -> str:
@@ -28,13 +41,12 @@ def system_table(results: list[dict]) -> str:
              "| --- | --- | ---: | --- | --- | --- | ---: | --- | --- |"]
     for r in results:
         spread = " / ".join(f"{n:,}" for n in r["sockets_per_process"].values())
-        cpu = r.get("cpu_us_per_delivery", {})
         lines.append(
             f"| {r['system']} | {r['open_at_end']:,} ({spread}) | {num(r['connect']['rate'])} | "
             f"{r['broadcasts']}, {r['delivered']:,} | {ms(r['first_p50_ms'])} / "
             f"{ms(r['first_p99_ms'])} | {ms(r['last_p50_ms'])} / {ms(r['last_p99_ms'])} | "
             f"{r['lost']:,} | {r['ws_kib_per_socket']}, {r['nginx_kib_per_socket']} | "
-            f"{cpu.get('ws', '-')}, {cpu.get('nginx', '-')}, {cpu.get('generator', '-')} |")
+            f"{', '.join(_per_delivery(r, part) for part in ('ws', 'nginx', 'generator'))} |")
     return "\n".join(lines)
 
 
@@ -105,7 +117,9 @@ def section(results: list[dict], cost_rows: list[dict], run: dict) -> str:
         "alone.", "",
         system_table(results), "",
         "Keeping the sockets open with no broadcast, cores busy: " + "; ".join(
-            f"{r['system']} {_cores(r)}" for r in results) + ".", "",
+            f"{r['system']} {_cores(r)}" for r in results) + ". While broadcasting: "
+        + "; ".join(f"{r['system']} {_cores(r, 'busy')}" for r in results if "busy_cpu_share" in r)
+        + ". CPU per delivery is the difference over the deliveries.", "",
         *verdicts(results, cost_rows), "",
     ]
     if cost_rows:

@@ -165,3 +165,18 @@ def test_a_small_room_on_the_ceiling_through_nginx_loses_nothing(tmp_path: Path)
     assert figures["lost"] == 0 and figures["delivered"] == 600
     assert sum(figures["sockets_per_process"].values()) == 200
     assert figures["last_p99_ms"] >= figures["first_p50_ms"] > 0
+
+
+def test_a_part_busier_idle_than_broadcasting_reads_below_idle_not_zero():
+    """The difference of shares is no cost per delivery once it is negative."""
+    saturated = {**result("ceiling", 1000.0),
+                 "idle_cpu_share": {"ws": 0.50, "nginx": 0.10, "generator": 0.24},
+                 "busy_cpu_share": {"ws": 0.47, "nginx": 0.14, "generator": 0.32},
+                 "cpu_us_per_delivery": {"ws": 0.0, "nginx": 8.67, "generator": 16.05}}
+    row = report.system_table([saturated]).splitlines()[-1]
+    assert row.endswith("| below idle, 8.67, 16.05 |")
+    text = report.section([saturated], [], {"id": "1", "commit": "abc", "date": "d",
+                                            "minutes": 1.0, "command": "c",
+                                            "nginx_workers": 8, "users": 100,
+                                            "fanout": "pubsub", "shards": 1})
+    assert "While broadcasting: ceiling WebSocket processes 0.47, nginx 0.14" in text

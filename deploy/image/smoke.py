@@ -40,9 +40,11 @@ class Result:
     seconds: float
 
 
-# Modules every role needs besides the ones entrypoint.sh runs with `python -m`.
-ROLE_MODULES = ("app.asgi", "daphne.server", "uvicorn_worker", "gunicorn", "psycopg",
-                "redis.asyncio", "channels_redis.core", "websockets", "whitenoise")
+# Modules every role needs besides the ones entrypoint.sh runs with `python -m`; the daphne
+# adapter (zope.interface, Twisted) is imported by app.asgi only when daphne serves it.
+ROLE_MODULES = ("app.asgi", "daphne.server", "app.realtime.adapters.daphne", "uvicorn_worker",
+                "gunicorn", "psycopg", "redis.asyncio", "channels_redis.core", "websockets",
+                "whitenoise")
 
 
 def entrypoint_modules(entrypoint_sh: str) -> list[str]:
@@ -58,15 +60,17 @@ def imports_program(modules: Sequence[str]) -> str:
 
 
 # Each role's server in turn, answering /healthz inside the container (no network needed):
-# the in-memory layer and SQLite, so no Redis or PostgreSQL.
+# the in-memory layer and SQLite, so no Redis or PostgreSQL. The ws role under both servers.
 ROLES_SCRIPT = """\
 set -u
 status=0
-for role in ws http; do
-  port=$([ "$role" = ws ] && echo 8101 || echo 8201)
-  PORT=$port /app/deploy/entrypoint.sh "$role" >"/tmp/$role.log" 2>&1 &
+for name in ws ws-daphne http; do
+  role=${name%%-*}
+  server=$([ "$name" = ws-daphne ] && echo daphne || echo uvicorn)
+  port=$(case $name in ws) echo 8101;; ws-daphne) echo 8102;; *) echo 8201;; esac)
+  WS_SERVER=$server PORT=$port /app/deploy/entrypoint.sh "$role" >"/tmp/$name.log" 2>&1 &
   pid=$!
-  if ! python - "$role" "$port" <<'PY'
+  if ! python - "$name" "$port" <<'PY'
 import sys, time, urllib.request
 role, port = sys.argv[1], sys.argv[2]
 for _ in range(300):
@@ -79,7 +83,7 @@ for _ in range(300):
     sys.exit(0)
 sys.exit(1)
 PY
-  then echo "role $role never answered /healthz"; cat "/tmp/$role.log"; status=1; fi
+  then echo "role $name never answered /healthz"; cat "/tmp/$name.log"; status=1; fi
   kill -TERM "$pid"; wait "$pid"
 done
 exit $status
@@ -102,9 +106,10 @@ def app_checks(secret_key: str) -> list[Check]:
         Check("manage.py check --deploy", entrypoint="python",
               args=("manage.py", "check", "--deploy", "--fail-level", "WARNING"),
               env={"SECRET_KEY": secret_key}, expect=r"no issues"),
-        Check("ws and http roles answer /healthz", entrypoint="bash", args=("-c", ROLES_SCRIPT),
-              env={**run_env, "HTTPS": "false"},
-              expect=r"role ws /healthz 200\s+role http /healthz 200"),
+        Check("ws (uvicorn, daphne) and http roles answer /healthz", entrypoint="bash",
+              args=("-c", ROLES_SCRIPT), env={**run_env, "HTTPS": "false"},
+              expect=r"role ws /healthz 200\s+role ws-daphne /healthz 200\s+"
+                     r"role http /healthz 200"),
     ]
 
 

@@ -75,6 +75,38 @@ class RawClient:
                 pass
         return time.monotonic() - started
 
+    async def watch(self, seconds: float, answer_pings: bool,
+                    chatter: float | None = None) -> tuple[int, int | None]:
+        """Read for `seconds`, sending a text frame every `chatter` s if given, answering the
+        server's pings or not: (pings received, the server's close code or None)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        next_chat = loop.time()
+        pings, code = 0, None
+        while (now := loop.time()) < end and code is None:
+            if chatter is not None and now >= next_chat:
+                self.protocol.send_text(b"hi")
+                self.flush()
+                next_chat = now + chatter
+            wait = (min(end, next_chat) if chatter is not None else end) - now
+            try:
+                data = await asyncio.wait_for(self.reader.read(65536), max(wait, 0.001))
+            except TimeoutError:
+                continue
+            if not data:
+                break
+            self.protocol.receive_data(data)
+            for event in self.protocol.events_received():
+                if event.opcode is Opcode.PING:
+                    pings += 1
+                elif event.opcode is Opcode.CLOSE:
+                    code = Close.parse(event.data).code
+            if answer_pings:
+                self.flush()
+            else:
+                self.protocol.data_to_send()  # the queued pongs are dropped
+        return pings, code
+
     def close(self) -> None:
         self.writer.transport.abort()
 
@@ -300,3 +332,32 @@ async def test_a_close_while_paused_waits_for_nothing_and_comes_after_every_fram
             assert close.code == 1012
         finally:
             client.close()
+
+
+async def test_a_client_heard_from_is_not_pinged_a_silent_one_is():
+    """Keep-alive pings go only to clients that sent nothing since the last one was due."""
+    async with serve(ws_ping_interval=0.2, ws_ping_timeout=0.5) as (_server, url):
+        chatty, silent = await RawClient.open(url), await RawClient.open(url)
+        try:
+            (chatty_pings, chatty_code), (silent_pings, silent_code) = await asyncio.gather(
+                chatty.watch(1.2, answer_pings=True, chatter=0.05),
+                silent.watch(1.2, answer_pings=True))
+        finally:
+            chatty.close()
+            silent.close()
+    assert chatty_pings == 0
+    # Its pong counts as hearing from it: every other ping is skipped, not all of them.
+    assert silent_pings >= 2
+    assert chatty_code is None and silent_code is None
+
+
+async def test_a_client_that_answers_nothing_is_closed_after_the_ping_timeout():
+    """Silence and no pong: 1011 within two ping intervals and the timeout."""
+    async with serve(ws_ping_interval=0.2, ws_ping_timeout=0.3) as (_server, url):
+        client = await RawClient.open(url)
+        try:
+            pings, code = await client.watch(2.0, answer_pings=False)
+        finally:
+            client.close()
+    assert pings == 1
+    assert code == 1011

@@ -32,6 +32,14 @@ def _per_delivery(result: dict, part: str) -> str:
     return str(result.get("cpu_us_per_delivery", {}).get(part, "-"))
 
 
+def _busy_sentence(results: list[dict]) -> str:
+    busy = [f"{r['system']} {_cores(r, 'busy')}" for r in results if "busy_cpu_share" in r]
+    if not busy:
+        return ""  # a run saved before the broadcasting shares were kept
+    return (" While broadcasting: " + "; ".join(busy)
+            + ". CPU per delivery is the difference over the deliveries.")
+
+
 def system_table(results: list[dict]) -> str:
     """One row per system: sockets, handshakes, deliveries, memory and Redis per broadcast."""
     lines = ["| system | sockets (per WebSocket process) | handshakes/s | broadcasts, delivered "
@@ -117,9 +125,7 @@ def section(results: list[dict], cost_rows: list[dict], run: dict) -> str:
         "alone.", "",
         system_table(results), "",
         "Keeping the sockets open with no broadcast, cores busy: " + "; ".join(
-            f"{r['system']} {_cores(r)}" for r in results) + ". While broadcasting: "
-        + "; ".join(f"{r['system']} {_cores(r, 'busy')}" for r in results if "busy_cpu_share" in r)
-        + ". CPU per delivery is the difference over the deliveries.", "",
+            f"{r['system']} {_cores(r)}" for r in results) + "." + _busy_sentence(results), "",
         *verdicts(results, cost_rows), "",
     ]
     if cost_rows:

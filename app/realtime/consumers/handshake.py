@@ -60,7 +60,7 @@ async def _load_session(session) -> None:
     store = get_store()
     if key is not None and isinstance(store, RedisStore):
         try:
-            raw = await store.client.get(key)
+            raw = await store.get(key)
         except RedisError:
             raw = None
         if raw is not None:

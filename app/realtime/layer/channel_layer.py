@@ -25,6 +25,7 @@ import asyncio
 import collections
 import logging
 import time
+import weakref
 
 from channels_redis.core import RedisChannelLayer
 from redis import exceptions as redis_errors
@@ -34,6 +35,7 @@ from app.realtime.adapters import channels_redis as channels_redis_adapter
 from app.realtime.adapters import redis as redis_adapter
 from app.realtime.consumers.delivery import RUN, WRITTEN, FanoutReceiver, WaitQueue
 from app.realtime.layer import shards
+from app.realtime.layer.coalescer import Coalescer
 from app.realtime.layer.pubsub import GroupSubscriptions
 from app.realtime.layer.retrying import (
     TRANSIENT_ERRORS,
@@ -107,7 +109,18 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
         self.outages: dict[int, float] = {}  # shard -> when its outage began
         # Set while Redis refuses our writes for lack of memory (see _after_refusals).
         self.refused_since: float | None = None
+        # By client (one per shard and event loop): a storm's group_add and group_discard of
+        # one loop turn share a round trip (app/realtime/layer/coalescer.py).
+        self._coalescers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         metrics.LAYER_AVAILABLE.set(1)
+
+    def batch(self, shard: int):
+        """The coalescer's `run` for a shard's client: commands sent with others of this turn."""
+        client = self.connection(shard)
+        coalescer = self._coalescers.get(client)
+        if coalescer is None:
+            coalescer = self._coalescers[client] = Coalescer(client)
+        return coalescer.run
 
     # ------------------------------------------------------------------ outage bookkeeping
     def _mark_error(self, error: BaseException, shard: int = 0) -> None:
@@ -498,10 +511,11 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
         assert self.require_valid_group_name(group), "Group name not valid"
         assert self.require_valid_channel_name(channel), "Channel name not valid"
         key = channels_redis_adapter.group_key(self, group)
-        pipe = self.connection(self.consistent_hash(group)).pipeline(transaction=False)
-        pipe.zadd(key, {channel: time.time()})
-        pipe.expire(key, self.group_expiry)
-        await pipe.execute()
+
+        def build(pipe):
+            pipe.zadd(key, {channel: time.time()})
+            pipe.expire(key, self.group_expiry)
+        await self.batch(self.consistent_hash(group))(build)
 
     async def group_discard(self, group, channel):
         """Remove a channel from a group."""
@@ -515,8 +529,15 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
                 await self._retrying(self.subscriptions(group).discard, group,
                                      name="group_discard", shard=self.consistent_hash(group))
             return
-        await self._retrying(super().group_discard, group, channel, name="group_discard",
+        await self._retrying(self._group_discard_once, group, channel, name="group_discard",
                              shard=self.consistent_hash(group))
+
+    async def _group_discard_once(self, group, channel):
+        # channels_redis's group_discard (one ZREM), sent with the others of this loop turn.
+        assert self.require_valid_group_name(group), "Group name not valid"
+        assert self.require_valid_channel_name(channel), "Channel name not valid"
+        key = channels_redis_adapter.group_key(self, group)
+        await self.batch(self.consistent_hash(group))(lambda pipe: pipe.zrem(key, channel))
 
     async def refresh_local_groups(self, channels=None, shard: int | None = None) -> None:
         """Re-add this process's memberships (of `channels`, of `shard`, if given), a pipeline

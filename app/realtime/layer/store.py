@@ -15,6 +15,7 @@ from redis import asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from app.realtime.adapters import redis as redis_adapter
+from app.realtime.layer.coalescer import Coalescer
 from app.realtime.layer.retrying import no_retry, retry_transient, sentinel_kwargs
 from app.realtime.ops import metrics
 
@@ -63,6 +64,9 @@ class RedisStore:
 
     def __init__(self, client: aioredis.Redis, prefix: str, retry_seconds: float):
         self.client = client
+        # A handshake's small reads and writes go through it: in a storm, the handshakes of
+        # one loop turn share a round trip (app/realtime/layer/coalescer.py).
+        self.batch = Coalescer(client).run
         self.prefix = prefix
         # settings.REDIS_RETRY_SECONDS, as long as the channel layer retries a group send: a
         # failover (2-3 s with down-after 1000 ms) is ridden out; past that, callers answer
@@ -80,7 +84,8 @@ class RedisStore:
         # One script instead of MULTI/INCR/EXPIRE/EXEC: the same atomic count, but one
         # command to pack and one reply to parse on every chat message's path (the
         # transaction's four cost this call more CPU than a group send).
-        count = await self.client.eval(HIT_LUA, 1, self.key("rl", key, bucket), int(window) + 1)
+        (count,) = await self.batch(lambda pipe: pipe.eval(
+            HIT_LUA, 1, self.key("rl", key, bucket), int(window) + 1))
         return int(count)
 
     @riding_failover("presence")
@@ -99,12 +104,14 @@ class RedisStore:
         by_key: dict[str, dict[str, float]] = {}
         for scope, member in entries:
             by_key.setdefault(self.key("presence", scope), {})[member] = deadline
-        pipe = self.client.pipeline(transaction=False)
-        for key, members in by_key.items():
-            # GT: a member kept by several entries (a user's sockets) keeps the latest deadline.
-            pipe.zadd(key, members, gt=True)
-            pipe.expire(key, int(ttl) + 5)
-        await pipe.execute()
+
+        def build(pipe):
+            for key, members in by_key.items():
+                # GT: a member kept by several entries (a user's sockets) keeps the latest
+                # deadline.
+                pipe.zadd(key, members, gt=True)
+                pipe.expire(key, int(ttl) + 5)
+        await self.batch(build)
 
     @riding_failover("presence")
     async def presence_members(self, scope: str) -> list[str]:
@@ -117,10 +124,10 @@ class RedisStore:
     @riding_failover("presence")
     async def room_presence(self, scope: str, room_id: int) -> tuple[list[str], int | None]:
         """A room's presence members and its recorded position (`room_position`): one trip."""
-        pipe = self.client.pipeline(transaction=False)
-        self._read_members(pipe, scope)
-        pipe.get(self.key("seq", room_id))
-        _, members, position = await pipe.execute()
+        def build(pipe):
+            self._read_members(pipe, scope)
+            pipe.get(self.key("seq", room_id))
+        _, members, position = await self.batch(build)
         return ([m.decode() if isinstance(m, bytes) else m for m in members],
                 int(position) if position is not None else None)
 
@@ -134,8 +141,9 @@ class RedisStore:
         """
         keys = [self.key("presence", rest), self.key("presence", parent[0]),
                 *(self.key("presence", scope) for scope, _ in entries)]
-        left = await self.client.eval(LEAVE_LUA, len(keys), *keys, time.time(), parent[1],
-                                      *(member for _, member in entries))
+        (left,) = await self.batch(lambda pipe: pipe.eval(
+            LEAVE_LUA, len(keys), *keys, time.time(), parent[1],
+            *(member for _, member in entries)))
         return int(left)
 
     def _read_members(self, pipe, scope: str) -> None:
@@ -154,7 +162,7 @@ class RedisStore:
         if not keys:
             return []
         names = [self.key("gen", k) for k in keys]
-        values = await self.client.mget(names)
+        (values,) = await self.batch(lambda pipe: pipe.mget(names))
         missing = [i for i, value in enumerate(values) if value is None]
         if missing:
             pipe = self.client.pipeline(transaction=False)
@@ -165,6 +173,11 @@ class RedisStore:
             for n, i in enumerate(missing):
                 values[i] = answers[2 * n + 1]
         return [v.decode() if isinstance(v, bytes) else v for v in values]
+
+    async def get(self, key: str) -> bytes | None:
+        """The value of a key named in full (the cache's keys): not retried."""
+        (value,) = await self.batch(lambda pipe: pipe.get(key))
+        return value
 
     async def room_position(self, room_id: int) -> int | None:
         """The highest committed seq of a room recorded in Redis, or None when unknown.
@@ -271,6 +284,11 @@ class MemoryStore:
     def set_generations(self, tokens: dict[str, str]) -> None:
         """Set generation tokens (called from sync code: signals after commit)."""
         self.tokens.update(tokens)
+
+    async def get(self, key: str) -> bytes | None:
+        """The value of a key named in full (the cache's keys): not retried."""
+        (value,) = await self.batch(lambda pipe: pipe.get(key))
+        return value
 
     async def room_position(self, room_id: int) -> int | None:
         """The highest committed seq of a room recorded here, or None when unknown."""

@@ -1,0 +1,89 @@
+"""Redis commands of many callers sent as one pipeline: one round trip per event-loop turn.
+
+In a reconnect storm a process runs hundreds of handshakes at once, each with a few small
+Redis commands (the session, tokens, a rate-limit count, the room's presence). Sent one by
+one, each command costs redis-py's whole per-call path (a pooled connection, a timeout, a
+write, a wake-up, a read); that path was most of a handshake's CPU. A `Coalescer` collects
+the commands callers issue during one turn of the event loop and sends them together on the
+next turn, so the path is paid once per turn rather than once per command. A lone caller
+waits one loop turn, no more.
+
+Each caller's commands stay together and in order, and each caller gets only its own
+replies. A command Redis answers with an error fails that caller alone; a connection error
+fails every caller of that pipeline, and each retries as it would have alone (the store's
+`riding_failover`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Callable
+
+from redis import asyncio as aioredis
+
+
+class Coalescer:
+    """Batches the commands of concurrent callers on one client into shared pipelines."""
+
+    def __init__(self, client: aioredis.Redis):
+        self.client = client
+        self._pending: list[tuple[Callable, asyncio.Future]] = []
+        self._sending: set[asyncio.Task] = set()
+
+    async def run(self, build: Callable) -> list:
+        """Add `build(pipe)`'s commands to the next shared pipeline; return their replies.
+
+        `build` receives a redis-py pipeline (no transaction) and queues commands on it, as
+        on any pipeline. It runs when the pipeline is sent, on the next loop turn.
+        """
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.append((build, future))
+        return await future
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.ensure_future(self._send(batch))
+        self._sending.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[Callable, asyncio.Future]]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        spans = []
+        for build, future in batch:
+            start = len(pipe)
+            try:
+                build(pipe)
+            except Exception as error:  # a caller's bug fails that caller, not the batch
+                _fail(future, error)
+            spans.append((start, len(pipe), future))
+        try:
+            replies = await pipe.execute(raise_on_error=False) if len(pipe) else []
+        except BaseException as error:
+            for _, _, future in spans:
+                # Each caller raises its own copy: one instance raised in several tasks
+                # would collect all their tracebacks.
+                _fail(future, copy.copy(error))
+            if not isinstance(error, Exception):
+                raise
+            return
+        for start, end, future in spans:
+            if future.done():
+                continue  # cancelled while waiting, or its build failed
+            mine = replies[start:end]
+            error = next((reply for reply in mine if isinstance(reply, Exception)), None)
+            if error is None:
+                future.set_result(mine)
+            else:
+                future.set_exception(error)
+
+
+def _fail(future: asyncio.Future, error: BaseException) -> None:
+    if not future.done():
+        if isinstance(error, asyncio.CancelledError):
+            future.cancel()
+        else:
+            future.set_exception(error)

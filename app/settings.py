@@ -267,6 +267,9 @@ LAST_SEEN_FLUSH_SECONDS = float(env("LAST_SEEN_FLUSH_SECONDS", "5"))
 CHAT_AUTO_CREATE_ROOMS = env_bool("CHAT_AUTO_CREATE_ROOMS", True)
 CONTENT_FILTER_WORDS = env_list("CONTENT_FILTER_WORDS", "")
 PRESENCE_TTL = float(env("PRESENCE_TTL", "60"))
+# A user whose last connection to a room closes stays present this long: back within it (a
+# reload, a dropped network), the room hears neither user_left nor user_joined.
+CHAT_LEAVE_GRACE = float(env("CHAT_LEAVE_GRACE", "15"))
 # The longest a handshake may use a cached user, room or access fact whose invalidation was
 # lost in a Redis failover (app/realtime/layer/generations.py).
 HANDSHAKE_FACTS_TTL = float(env("HANDSHAKE_FACTS_TTL", "30"))

@@ -15,6 +15,8 @@ PROCESS_ROLE = "test"  # no canary in unit tests
 # Tests send bursts; the limit tests lower these again.
 CHAT_MESSAGE_RATE = "1000/10"
 WS_CONNECT_RATE = "1000/60"
+# A last close is a user_left at once; the leave-grace tests raise it.
+CHAT_LEAVE_GRACE = 0
 # A fresh checkout has no collectstatic output; WhiteNoise then warned on every test client's
 # start ("No directory at .../staticfiles/"). Looking files up per request, as in development,
 # serves the same (nothing, without collectstatic) without the scan or the warning.

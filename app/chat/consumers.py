@@ -202,17 +202,26 @@ class ChatConsumer(RealtimeConsumer):
         if self.room is None:
             return
         await self.channel_layer.group_discard(self.room_group, self.channel_name)
-        if registry.draining:
-            # The client was told to reconnect elsewhere: its presence entries expire unless
-            # it does, within PRESENCE_TTL, so the room sees no user_left and user_joined.
-            still_here = True
-        else:
-            still_here = await presence.leave(self.user.pk, self.room, self.channel_name)
-        if not still_here:
-            await self.notice("user_left", {
-                "message": f"{services.user_name(self.user)} left the room",
-            })
+        if not registry.draining:
+            # Drained: the client was told to reconnect elsewhere, and its presence entries
+            # expire unless it does, within PRESENCE_TTL: the room sees no user_left and
+            # user_joined. Otherwise the user is kept for CHAT_LEAVE_GRACE (a reload, a
+            # dropped network): user_left comes after it, if they did not come back.
+            await presence.leave(self.user.pk, self.room, self.channel_name,
+                                 settings.CHAT_LEAVE_GRACE, self._left_notice())
         last_seen.note(self.user.pk)
+
+    def _left_notice(self):
+        """A coroutine function announcing that the user left: it holds the notice and the
+        layer, not this consumer (and its socket), through the leave grace."""
+        layer, group = self.channel_layer, self.room_group
+        event = self._notice_event("user_left", {
+            "message": f"{services.user_name(self.user)} left the room",
+        })
+
+        async def say_left():
+            await layer.group_send(group, event)
+        return say_left
 
     # ------------------------------------------------------------------ client frames
     async def handle_message(self, data):
@@ -326,6 +335,9 @@ class ChatConsumer(RealtimeConsumer):
 
     async def notice(self, kind: str, extra: dict) -> None:
         """Send an ephemeral (unstored) frame to the others in the room."""
+        await self.channel_layer.group_send(self.room_group, self._notice_event(kind, extra))
+
+    def _notice_event(self, kind: str, extra: dict) -> dict:
         frame = {
             "type": kind,
             "room": self.room.name,
@@ -333,10 +345,8 @@ class ChatConsumer(RealtimeConsumer):
             "user_id": self.user.pk,
             **extra,
         }
-        await self.channel_layer.group_send(self.room_group, {
-            "type": "room.notice", "text": _dumps(frame), "kind": kind,
-            "skip_user": self.user.pk,
-        })
+        return {"type": "room.notice", "text": _dumps(frame), "kind": kind,
+                "skip_user": self.user.pk}
 
     # ------------------------------------------------------------------ group events
     async def room_event(self, event):

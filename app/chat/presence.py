@@ -10,7 +10,14 @@ PRESENCE_TTL seconds.
 A socket closed by a drain leaves its entries to expire the same way (app/chat/consumers.py):
 a user who reconnects within PRESENCE_TTL never looks absent, so the room hears no
 `user_left` and `user_joined` for what was only a move to another process.
+A user whose last connection to a room closes otherwise stays in the room's set for
+CHAT_LEAVE_GRACE seconds (`leave`): a reload or a dropped network that reconnects within it
+is neither a `user_left` nor a `user_joined`.
 """
+
+import asyncio
+import logging
+import time
 
 from django.conf import settings
 
@@ -40,13 +47,40 @@ async def join(user_id: int, room, channel: str, present: set[int] | None = None
     return user_id not in present
 
 
-async def leave(user_id: int, room, channel: str) -> bool:
-    """Remove a closed connection; return whether the user is still in the room elsewhere."""
+logger = logging.getLogger(__name__)
+_settling: set[asyncio.Task] = set()
+
+
+async def leave(user_id: int, room, channel: str, grace: float, on_left) -> None:
+    """Remove a closed connection; await `on_left()` once its user has left the room.
+
+    When this was the user's last connection to the room, the user stays present for `grace`
+    seconds more (none: leaves now). `on_left` runs then, in a task of its own, unless the
+    user came back meanwhile (to any process). If this process dies first, the entry expires
+    at that time without `on_left`, as for a crash.
+    """
     parent = (f"room:{room.id}", str(user_id))
+    rest = f"room:{room.id}:{user_id}"
+    until = time.time() + grace if grace > 0 else None
     left = await get_store().presence_leave(
         [entry for entry in entries(user_id, room, channel) if entry != parent],
-        f"room:{room.id}:{user_id}", parent)
-    return left > 0
+        rest, parent, until)
+    if left == 0:
+        await on_left()
+    elif left < 0:
+        task = asyncio.ensure_future(_settle(rest, parent, until, on_left))
+        _settling.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(_settling.discard)
+
+
+async def _settle(rest: str, parent: tuple[str, str], until: float, on_left) -> None:
+    await asyncio.sleep(max(0.0, until - time.time()))
+    try:
+        gone = await get_store().presence_settle(rest, parent, until)
+        if gone:
+            await on_left()
+    except Exception as error:  # Redis gone past its retries: the entry expires by itself
+        logger.warning("presence leave of %s not settled: %r", parent, error)
 
 
 async def room_user_ids(room_id: int) -> set[int]:

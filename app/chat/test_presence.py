@@ -106,6 +106,48 @@ async def test_a_user_who_really_left_is_announced_again_on_return(ws, make_user
     assert await notices(a) == ["user_joined"]
 
 
+async def test_a_user_back_within_the_leave_grace_is_no_news(ws, make_user, redis_layer,
+                                                             settings):
+    """A reload or a dropped network: the room hears neither user_left nor user_joined."""
+    settings.CHAT_LEAVE_GRACE = 1.0
+    a, b, bob = await pair_in_lobby(ws, make_user)
+    await b.close()
+    assert await notices(a) == []
+    await join(ws, bob)
+    await asyncio.sleep(1.0)  # past the grace: the pending leave finds bob back
+    assert await notices(a) == []
+
+
+async def test_a_user_who_stays_away_is_announced_once_the_grace_is_over(ws, make_user,
+                                                                       redis_layer, settings):
+    """user_left comes when the grace ends, not before; the room's set drops the user then."""
+    settings.CHAT_LEAVE_GRACE = 0.8
+    a, b, bob = await pair_in_lobby(ws, make_user)
+    room = await ChatRoom.objects.aget(name="lobby")
+    closed = asyncio.get_running_loop().time()
+    await b.close()
+    assert await a.silent(0.5)
+    assert bob.pk in await presence.room_user_ids(room.id)
+    await a.recv_type("user_left")
+    assert asyncio.get_running_loop().time() - closed >= 0.8
+    assert bob.pk not in await presence.room_user_ids(room.id)
+    assert await notices(a) == []
+
+
+async def test_leaving_again_after_a_return_within_the_grace_is_one_user_left(
+        ws, make_user, redis_layer, settings):
+    """Each leave's settling checks that it is still the latest: one user_left, at the end."""
+    settings.CHAT_LEAVE_GRACE = 0.8
+    a, b, bob = await pair_in_lobby(ws, make_user)
+    await b.close()
+    await asyncio.sleep(0.3)
+    again = await join(ws, bob)
+    await asyncio.sleep(0.3)
+    await again.close()  # the first leave's settling comes before this one's
+    await asyncio.sleep(1.2)
+    assert await notices(a) == ["user_left"]
+
+
 async def test_the_room_holds_each_user_once_however_many_sockets(ws, make_user, redis_layer,
                                                                     settings):
     """A handshake reads the room's users, not their sockets (its cost must not grow with a

@@ -133,18 +133,32 @@ class RedisStore:
 
     @riding_failover("presence")
     async def presence_leave(self, entries: list[tuple[str, str]], rest: str,
-                             parent: tuple[str, str]) -> int:
+                             parent: tuple[str, str], until: float | None = None) -> int:
         """Remove several (scope, member) entries; return how many live ones `rest` still holds.
 
         When none, `parent`'s (scope, member) is removed too, in the same script: no join can
-        slip between the count and the removal (a join touches `rest` before `parent`).
+        slip between the count and the removal (a join touches `rest` before `parent`). With
+        `until` (a time), the parent entry is kept until then instead, and -1 is returned if
+        it was there: `presence_settle` removes it at that time unless a join raised it.
         """
         keys = [self.key("presence", rest), self.key("presence", parent[0]),
                 *(self.key("presence", scope) for scope, _ in entries)]
         (left,) = await self.batch(lambda pipe: pipe.eval(
             LEAVE_LUA, len(keys), *keys, time.time(), parent[1],
-            *(member for _, member in entries)))
+            until if until is not None else "", *(member for _, member in entries)))
         return int(left)
+
+    @riding_failover("presence")
+    async def presence_settle(self, rest: str, parent: tuple[str, str], until: float) -> bool:
+        """Remove `parent`'s entry kept by `presence_leave(..., until)`; True if removed now.
+
+        Not removed (False) while `rest` holds a live entry or a join or later leave moved
+        the parent's expiry past `until`: the user came back.
+        """
+        keys = [self.key("presence", rest), self.key("presence", parent[0])]
+        (gone,) = await self.batch(lambda pipe: pipe.eval(
+            SETTLE_LUA, len(keys), *keys, time.time(), parent[1], until))
+        return bool(gone)
 
     def _read_members(self, pipe, scope: str) -> None:
         key = self.key("presence", scope)
@@ -210,17 +224,42 @@ return 1
 """
 
 # KEYS: the scope whose live entries are counted, the parent scope, then each entry's scope;
-# ARGV: now, the parent's member, then each entry's member.
+# ARGV: now, the parent's member, the time to keep the parent until ("" for no time), then
+# each entry's member.
 LEAVE_LUA = """
 for i = 3, #KEYS do
-    redis.call('ZREM', KEYS[i], ARGV[i])
+    redis.call('ZREM', KEYS[i], ARGV[i + 1])
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local left = redis.call('ZCARD', KEYS[1])
 if left == 0 then
+    local keep = tonumber(ARGV[3])
+    local score = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[2]))
+    if keep and score and score > tonumber(ARGV[1]) then
+        if score > keep then
+            redis.call('ZADD', KEYS[2], keep, ARGV[2])
+        end
+        return -1
+    end
     redis.call('ZREM', KEYS[2], ARGV[2])
 end
 return left
+"""
+
+# KEYS: the scope whose live entries are counted, the parent scope; ARGV: now, the parent's
+# member, the time its leave kept it until. A score above that time is a join's (or a later
+# leave's, which settles it itself).
+SETTLE_LUA = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) > 0 then
+    return 0
+end
+local score = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[2]))
+if score and score > tonumber(ARGV[3]) then
+    return 0
+end
+redis.call('ZREM', KEYS[2], ARGV[2])
+return 1
 """
 
 HIT_LUA = """
@@ -260,14 +299,30 @@ class MemoryStore:
         return await self.presence_members(scope), self.positions.get(room_id)
 
     async def presence_leave(self, entries: list[tuple[str, str]], rest: str,
-                             parent: tuple[str, str]) -> int:
-        """Remove entries; drop `parent` when `rest` holds none; how many `rest` holds."""
+                             parent: tuple[str, str], until: float | None = None) -> int:
+        """Remove entries; when `rest` holds none, drop `parent` (or keep it until `until`,
+        and return -1); how many `rest` holds."""
         for entry_scope, member in entries:
             self.presence.get(entry_scope, {}).pop(member, None)
         left = len(await self.presence_members(rest))
         if not left:
-            self.presence.get(parent[0], {}).pop(parent[1], None)
+            members = self.presence.get(parent[0], {})
+            score = members.get(parent[1])
+            if until is not None and score is not None and score > time.time():
+                members[parent[1]] = min(score, until)
+                return -1
+            members.pop(parent[1], None)
         return left
+
+    async def presence_settle(self, rest: str, parent: tuple[str, str], until: float) -> bool:
+        """Drop `parent` kept by a leave until `until`, unless the user came back."""
+        if await self.presence_members(rest):
+            return False
+        members = self.presence.get(parent[0], {})
+        if members.get(parent[1], 0.0) > until:
+            return False
+        members.pop(parent[1], None)
+        return True
 
     async def presence_members(self, scope: str) -> list[str]:
         """List members whose entries have not expired."""

@@ -134,6 +134,18 @@ async def test_a_user_who_stays_away_is_announced_once_the_grace_is_over(ws, mak
     assert await notices(a) == []
 
 
+async def test_a_grace_longer_than_the_presence_ttl_keeps_the_user_that_long(
+        ws, make_user, redis_layer, settings):
+    """The kept entry outlives its last refresh: back after PRESENCE_TTL, within the grace."""
+    settings.PRESENCE_TTL = 1
+    settings.CHAT_LEAVE_GRACE = 2.5
+    a, b, bob = await pair_in_lobby(ws, make_user)
+    await b.close()
+    await asyncio.sleep(1.5)  # bob's entries were last written more than PRESENCE_TTL ago
+    await join(ws, bob)
+    assert await notices(a) == []
+
+
 async def test_leaving_again_after_a_return_within_the_grace_is_one_user_left(
         ws, make_user, redis_layer, settings):
     """Each leave's settling checks that it is still the latest: one user_left, at the end."""

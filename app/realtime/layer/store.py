@@ -236,9 +236,9 @@ if left == 0 then
     local keep = tonumber(ARGV[3])
     local score = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[2]))
     if keep and score and score > tonumber(ARGV[1]) then
-        if score > keep then
-            redis.call('ZADD', KEYS[2], keep, ARGV[2])
-        end
+        -- Kept until then exactly, even past its last refresh's expiry (and the set's).
+        redis.call('ZADD', KEYS[2], keep, ARGV[2])
+        redis.call('EXPIRE', KEYS[2], math.ceil(keep - tonumber(ARGV[1])) + 5, 'GT')
         return -1
     end
     redis.call('ZREM', KEYS[2], ARGV[2])

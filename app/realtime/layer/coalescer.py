@@ -22,6 +22,8 @@ from collections.abc import Callable
 
 from redis import asyncio as aioredis
 
+from app.realtime.ops.background import spawn
+
 
 class Coalescer:
     """Batches the commands of concurrent callers on one client into shared pipelines."""
@@ -29,7 +31,6 @@ class Coalescer:
     def __init__(self, client: aioredis.Redis):
         self.client = client
         self._pending: list[tuple[Callable, asyncio.Future]] = []
-        self._sending: set[asyncio.Task] = set()
 
     async def run(self, build: Callable) -> list:
         """Add `build(pipe)`'s commands to the next shared pipeline; return their replies.
@@ -46,9 +47,7 @@ class Coalescer:
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
-        task = asyncio.ensure_future(self._send(batch))
-        self._sending.add(task)  # the loop keeps only weak references to tasks
-        task.add_done_callback(self._sending.discard)
+        spawn(self._send(batch))
 
     async def _send(self, batch: list[tuple[Callable, asyncio.Future]]) -> None:
         pipe = self.client.pipeline(transaction=False)

@@ -23,6 +23,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from app.realtime.consumers.registry import registry
+from app.realtime.ops.background import spawn
 
 
 def internal_port() -> int | None:
@@ -115,7 +116,7 @@ async def drain(query: dict[str, str]) -> tuple[int, dict]:
     if query.get("wait") == "1":
         count = await run()
         if exit_after:
-            _spawn(_exit_soon())  # after this response reaches the preStop hook
+            spawn(_exit_soon())  # after this response reaches the preStop hook
         return 200, {"status": "drained", "clients": count}
 
     async def run_then_exit():
@@ -123,7 +124,7 @@ async def drain(query: dict[str, str]) -> tuple[int, dict]:
         if exit_after:
             await _exit_soon()
 
-    _spawn(run_then_exit())
+    spawn(run_then_exit())
     return 202, {"status": "draining", "clients": len(registry.consumers)}
 
 
@@ -147,10 +148,3 @@ async def _exit_soon(delay: float = 1.0) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _spawn(coroutine) -> None:
-    task = asyncio.get_running_loop().create_task(coroutine)
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-
-
-_background: set = set()

@@ -309,7 +309,7 @@ class MemoryStore:
             members = self.presence.get(parent[0], {})
             score = members.get(parent[1])
             if until is not None and score is not None and score > time.time():
-                members[parent[1]] = min(score, until)
+                members[parent[1]] = until  # as LEAVE_LUA: kept until then exactly
                 return -1
             members.pop(parent[1], None)
         return left

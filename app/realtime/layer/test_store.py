@@ -73,3 +73,29 @@ async def test_hits_count_up_in_their_window_and_the_counter_expires_after_it(re
     assert 3599 <= await store.client.ttl(keys[0]) <= 3601
     await store.client.delete(*keys)
     await store.client.aclose()
+
+
+@pytest.fixture(params=["redis", "memory"])
+async def either_store(request):
+    """The Redis store on a real redis-server, and the in-process one: they must agree."""
+    if request.param == "memory":
+        from app.realtime.layer.store import MemoryStore
+        yield MemoryStore()
+        return
+    redis_url = request.getfixturevalue("redis_url")
+    store = RedisStore(connect_redis({"address": redis_url}), "grace", retry_seconds=1)
+    yield store
+    await store.client.aclose()
+
+
+async def test_a_kept_leave_lasts_until_its_time_past_the_entry_s_ttl_then_settles(either_store):
+    """presence_leave(..., until) keeps the room's entry until then exactly; settle drops it."""
+    store = either_store
+    await store.presence_touch_many([("room:1:7", "chan"), ("room:1", "7")], 0.5)
+    until = time.time() + 1.2
+    assert await store.presence_leave([("room:1:7", "chan")], "room:1:7", ("room:1", "7"),
+                                      until) == -1
+    await asyncio.sleep(0.8)  # past the entry's own TTL, within the grace
+    assert await store.presence_members("room:1") == ["7"]
+    assert await store.presence_settle("room:1:7", ("room:1", "7"), until) is True
+    assert await store.presence_members("room:1") == []

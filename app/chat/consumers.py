@@ -39,6 +39,13 @@ def _dumps(frame: dict) -> str:
     return json.dumps(frame, separators=(",", ":"))
 
 
+def notice_event(room, user, kind: str, extra: dict) -> dict:
+    """The group event of an ephemeral frame about `user` in `room`, for all but the user."""
+    frame = {"type": kind, "room": room.name, "user": services.user_name(user),
+             "user_id": user.pk, **extra}
+    return {"type": "room.notice", "text": _dumps(frame), "kind": kind, "skip_user": user.pk}
+
+
 class ChatConsumer(RealtimeConsumer):
     """A chat room: messages, replies, reactions, edits, deletes, typing, presence, resume."""
 
@@ -203,24 +210,24 @@ class ChatConsumer(RealtimeConsumer):
             return
         await self.channel_layer.group_discard(self.room_group, self.channel_name)
         if not registry.draining:
-            # Drained: the client was told to reconnect elsewhere, and its presence entries
-            # expire unless it does, within PRESENCE_TTL: the room sees no user_left and
-            # user_joined. Otherwise the user is kept for CHAT_LEAVE_GRACE (a reload, a
-            # dropped network): user_left comes after it, if they did not come back.
+            # The user is kept for CHAT_LEAVE_GRACE (a reload, a dropped network): user_left
+            # comes after it, if they did not come back. A drained client was told to
+            # reconnect elsewhere: its entries are left to expire unless it does, within
+            # PRESENCE_TTL, so the room sees no user_left and user_joined.
             await presence.leave(self.user.pk, self.room, self.channel_name,
                                  settings.CHAT_LEAVE_GRACE, self._left_notice())
         last_seen.note(self.user.pk)
 
     def _left_notice(self):
-        """A coroutine function announcing that the user left: it holds the notice and the
-        layer, not this consumer (and its socket), through the leave grace."""
-        layer, group = self.channel_layer, self.room_group
-        event = self._notice_event("user_left", {
-            "message": f"{services.user_name(self.user)} left the room",
-        })
+        """A coroutine function announcing that the user left. It holds the layer, the room
+        and the user, not this consumer (and its socket), through the leave grace, and
+        encodes the notice only if it is sent."""
+        layer, group, room, user = self.channel_layer, self.room_group, self.room, self.user
 
         async def say_left():
-            await layer.group_send(group, event)
+            await layer.group_send(group, notice_event(room, user, "user_left", {
+                "message": f"{services.user_name(user)} left the room",
+            }))
         return say_left
 
     # ------------------------------------------------------------------ client frames
@@ -335,18 +342,8 @@ class ChatConsumer(RealtimeConsumer):
 
     async def notice(self, kind: str, extra: dict) -> None:
         """Send an ephemeral (unstored) frame to the others in the room."""
-        await self.channel_layer.group_send(self.room_group, self._notice_event(kind, extra))
-
-    def _notice_event(self, kind: str, extra: dict) -> dict:
-        frame = {
-            "type": kind,
-            "room": self.room.name,
-            "user": services.user_name(self.user),
-            "user_id": self.user.pk,
-            **extra,
-        }
-        return {"type": "room.notice", "text": _dumps(frame), "kind": kind,
-                "skip_user": self.user.pk}
+        await self.channel_layer.group_send(self.room_group,
+                                            notice_event(self.room, self.user, kind, extra))
 
     # ------------------------------------------------------------------ group events
     async def room_event(self, event):

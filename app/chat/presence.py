@@ -22,6 +22,7 @@ import time
 from django.conf import settings
 
 from app.realtime.layer.store import get_store
+from app.realtime.ops.background import spawn
 
 
 def entries(user_id: int, room, channel: str) -> list[tuple[str, str]]:
@@ -48,7 +49,6 @@ async def join(user_id: int, room, channel: str, present: set[int] | None = None
 
 
 logger = logging.getLogger(__name__)
-_settling: set[asyncio.Task] = set()
 
 
 async def leave(user_id: int, room, channel: str, grace: float, on_left) -> None:
@@ -68,9 +68,7 @@ async def leave(user_id: int, room, channel: str, grace: float, on_left) -> None
     if left == 0:
         await on_left()
     elif left < 0:
-        task = asyncio.ensure_future(_settle(rest, parent, until, on_left))
-        _settling.add(task)  # the loop keeps only weak references to tasks
-        task.add_done_callback(_settling.discard)
+        spawn(_settle(rest, parent, until, on_left))
 
 
 async def _settle(rest: str, parent: tuple[str, str], until: float, on_left) -> None:

@@ -33,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from deploy.local.topology import Ports, Topology
 from monitoring.alerts_source import JOBS
 from tests.support import prometheus as live
-from tests.support.chat_client import ChatClient, login
+from tests.support.chat_client import ChatClient, login, spread_over
 
 pytestmark = [pytest.mark.topology, pytest.mark.timeout(240)]
 
@@ -178,15 +178,9 @@ async def frame(client: ChatClient, predicate, timeout: float = 10) -> dict:
 
 async def chat_clients(top: Topology, room: str, at_least: int = 4) -> list[ChatClient]:
     """Started chat clients of a room, at least one on each WebSocket process."""
-    clients: list[ChatClient] = []
-    for n in range(24):
-        chat = ChatClient(top.url, top.ws_url, USERS[n % len(USERS)], room)
-        await chat.start()
-        clients.append(chat)
-        if len(clients) >= at_least and len({c.node for c in clients}) == len(top.ports.ws):
-            return clients
-    await asyncio.gather(*(c.stop() for c in clients))
-    raise AssertionError("the sessions did not spread over every WebSocket process")
+    clients = [ChatClient(top.url, top.ws_url, USERS[n % len(USERS)], room)
+               for n in range(at_least)]
+    return await spread_over(clients, len(top.ports.ws))
 
 
 # ---------------------------------------------------------------------------- fixtures

@@ -162,3 +162,23 @@ class ChatClient:
             self.out_of_order.append(seq)
         self.events[seq] = frame
         self.last_seq = max(self.last_seq or 0, seq)
+
+
+async def spread_over(clients: list[ChatClient], nodes: int, tries: int = 24) -> list[ChatClient]:
+    """Started `clients`, re-logged in one at a time until they sit on `nodes` processes.
+
+    nginx hashes the session cookie, so a handful of sessions all land on one process now
+    and then; a fresh login is a fresh cookie and another throw of the hash.
+    """
+    await asyncio.gather(*(c.start() for c in clients))
+    for n in range(tries):
+        if len({c.node for c in clients}) >= nodes:
+            return clients
+        old = clients[n % len(clients)]
+        await old.stop()
+        fresh = type(old)(old.base_url, old.ws_url, old.username, old.room)
+        await fresh.start()
+        clients[n % len(clients)] = fresh
+    await asyncio.gather(*(c.stop() for c in clients))
+    raise AssertionError(f"{len(clients)} sessions did not spread over {nodes} processes "
+                         f"in {tries} fresh logins")

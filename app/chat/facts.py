@@ -1,17 +1,24 @@
 """What a chat handshake needs to know about its room and users, cached in this process.
 
-Three caches, each entry valid while its generation key in Redis keeps the token it had when
+Four caches, each entry valid while its generation key in Redis keeps the token it had when
 the entry was read (app/realtime/layer/generations.py; the keys are bumped after commit by
 app/chat/signals.py):
 
 - the room by name (id, name, privacy, max_users): `room:<name>`;
-- a user's access to a room (a ban with its expiry, membership): `access:<room id>:<user id>`;
-  the ban's expiry is compared with the clock at each check, not when it was cached;
+- the room's bans in force when read, with their expiry: `bans:<room id>`; an expiry is
+  compared with the clock at each check, not when it was cached;
+- a user's membership of a private room: `member:<room id>:<user id>`, read only when it
+  decides (a private room, a user who is not staff);
 - a user's name and chosen status, for `user_list` and `user_joined`: `user:<user id>`, the
   key the handshake's user cache uses too (app/realtime/consumers/handshake.py).
 
-A handshake reads the tokens of its room, its access and every user it lists in one MGET
-(`for_handshake`); on a miss it reads the database for what is missing.
+Bans are kept per room, not per user and room: the sockets of a process are spread over many
+pairs of user and room but few rooms, so after a crash the process that takes over its
+clients finds the bans of their rooms cached, where one entry per pair would send each
+resume to the database.
+
+A handshake reads the tokens of its room, its bans, its membership when needed and every user
+it lists in one MGET (`for_handshake`); on a miss it reads the database for what is missing.
 """
 
 import copy
@@ -33,9 +40,19 @@ def room_key(name: str) -> str:
     return f"room:{name}"
 
 
-def access_key(room_id: int, user_id: int) -> str:
-    """The generation key of one user's ban and membership in one room."""
-    return f"access:{room_id}:{user_id}"
+def bans_key(room_id: int) -> str:
+    """The generation key of a room's bans."""
+    return f"bans:{room_id}"
+
+
+def member_key(room_id: int, user_id: int) -> str:
+    """The generation key of one user's membership of one room."""
+    return f"member:{room_id}:{user_id}"
+
+
+def needs_membership(room, user) -> bool:
+    """True when membership decides whether the user may join: a private room, not staff."""
+    return room.is_private and not user.is_staff
 
 
 UNREAD = object()  # no token was read for this key: a value loaded now is not cached
@@ -54,8 +71,23 @@ def _load_room(name: str, user, create: bool):
 
 
 @database_sync_to_async
-def _load_access(room, user) -> services.Access:
-    return services.access_of(room, user)
+def _load_bans(room_id: int) -> dict[int, object]:
+    return services.bans_in_force(room_id)
+
+
+@database_sync_to_async
+def _load_member(room, user) -> bool:
+    return room.members.filter(pk=user.pk).exists()
+
+
+async def _cached(cache: FactsCache, key, token, load):
+    """The value cached under `key` for `token`, else `await load()`, kept when a token was read."""
+    hit, value = (False, None) if token is UNREAD else cache.get(key, token)
+    if not hit:
+        value = await load()
+        if token is not UNREAD:
+            cache.put(key, token, value)
+    return value
 
 
 @database_sync_to_async
@@ -79,32 +111,36 @@ class Joining(NamedTuple):
 
 
 class HandshakeFacts:
-    """The room, access and user-list facts of chat handshakes in this process."""
+    """The room, ban, membership and user-list facts of chat handshakes in this process."""
 
     def __init__(self):
         self.rooms = FactsCache()
-        self.access = FactsCache()
+        self.bans = FactsCache()
+        self.members = FactsCache()
         self.people = FactsCache()
 
     async def for_handshake(self, name: str, user, create: bool) -> Joining:
         """Everything a chat handshake checks and lists, with one MGET when the room is known.
 
         The room's presence is read first, under the id this process last knew the room by,
-        so that the tokens of the room, the access and every listed user go in one MGET.
+        so that the tokens of the room, its bans, the membership (when it decides) and every
+        listed user go in one MGET.
         """
-        known_id = self._known_id(name)
-        if known_id is None:
+        known = self._known_room(name)
+        if known is None:
             room, problem = await self.room_for(name, user, create)
             return await self._listing(room, problem, user)
-        present, position = await presence.room_user_ids_and_position(known_id)
+        present, position = await presence.room_user_ids_and_position(known.id)
         listed = sorted(present | {user.pk})
-        read = await _tokens([room_key(name), access_key(known_id, user.pk),
-                              *(user_key(uid) for uid in listed)])
-        room, problem = await self.room_for(name, user, create, (known_id, read[:2]))
-        if room is None or problem or room.id != known_id:
+        keys = self._fact_keys(name, known, user)
+        read = await _tokens([*keys, *(user_key(uid) for uid in listed)])
+        tokens = dict(zip(keys, read[:len(keys)], strict=True))
+        room, problem = await self.room_for(name, user, create, tokens)
+        if room is None or problem or room.id != known.id:
             # Refused, or the name now names another room (deleted and made again).
             return await self._listing(room, problem, user)
-        return Joining(room, problem, present, await self.describe(listed, read[2:]), position)
+        return Joining(room, problem, present, await self.describe(listed, read[len(keys):]),
+                       position)
 
     async def _listing(self, room, problem, user) -> Joining:
         if room is None or problem:
@@ -113,41 +149,43 @@ class HandshakeFacts:
         return Joining(room, problem, present, await self.describe(present | {user.pk}),
                        position)
 
-    def _known_id(self, name: str) -> int | None:
-        """The id this process last knew the room by, valid or not."""
+    def _known_room(self, name: str):
+        """The room this process last knew by this name, valid or not (None if none)."""
         entry = self.rooms.entries.get(name)
-        return entry[2].id if entry is not None and entry[2] is not None else None
+        return entry[2] if entry is not None else None
 
-    async def room_for(self, name: str, user, create: bool, read=None):
+    @staticmethod
+    def _fact_keys(name: str, room, user) -> list[str]:
+        """The generation keys of a join's room facts, `room` being the room last known."""
+        keys = [room_key(name)]
+        if room is not None:
+            keys.append(bans_key(room.id))
+            if needs_membership(room, user):
+                keys.append(member_key(room.id, user.pk))
+        return keys
+
+    async def room_for(self, name: str, user, create: bool, tokens: dict | None = None):
         """(room, problem): the room by name (None if absent) and why the user may not join.
 
-        `read` is (the room id the access token belongs to, [room token, access token]) when
-        the caller read them already.
+        `tokens` maps generation keys to the tokens the caller read already; the keys it
+        lacks (the room was not known, or has changed) are read here.
         """
-        if read is None:
-            known_id = self._known_id(name)
-            keys = [room_key(name)]
-            if known_id is not None:
-                keys.append(access_key(known_id, user.pk))
-            read = (known_id, await _tokens(keys))
-        known_id, tokens = read
-        hit, room = self.rooms.get(name, tokens[0]) if tokens[0] is not UNREAD else (False, None)
-        if not hit:
-            room = await _load_room(name, user, create)
-            if tokens[0] is not UNREAD:
-                self.rooms.put(name, tokens[0], room)
+        if tokens is None:
+            keys = self._fact_keys(name, self._known_room(name), user)
+            tokens = dict(zip(keys, await _tokens(keys), strict=True))
+        room = await _cached(self.rooms, name, tokens[room_key(name)],
+                             lambda: _load_room(name, user, create))
         if room is None:
             return None, None
-        if known_id == room.id and len(tokens) > 1:
-            token = tokens[1]
-        else:  # this process did not know the room: its access token is read now
-            token = (await _tokens([access_key(room.id, user.pk)]))[0]
-        hit, access = ((False, None) if token is UNREAD
-                       else self.access.get((room.id, user.pk), token))
-        if not hit:
-            access = await _load_access(room, user)
-            if token is not UNREAD:
-                self.access.put((room.id, user.pk), token, access)
+        missing = [key for key in self._fact_keys(name, room, user) if key not in tokens]
+        if missing:
+            tokens.update(zip(missing, await _tokens(missing), strict=True))
+        bans = await _cached(self.bans, room.id, tokens[bans_key(room.id)],
+                             lambda: _load_bans(room.id))
+        member = needs_membership(room, user) and await _cached(
+            self.members, (room.id, user.pk), tokens[member_key(room.id, user.pk)],
+            lambda: _load_member(room, user))
+        access = services.Access(user.pk in bans, bans.get(user.pk), member)
         # Each socket gets its own instance: Django caches related objects on it.
         return copy.copy(room), services.access_verdict(room, user, access)
 
@@ -179,7 +217,7 @@ class HandshakeFacts:
 
     def clear(self) -> None:
         """Forget everything (tests)."""
-        for cache in (self.rooms, self.access, self.people):
+        for cache in (self.rooms, self.bans, self.members, self.people):
             cache.clear()
 
 

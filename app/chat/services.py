@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from app.realtime.consumers.errors import ProtocolError
@@ -54,6 +55,14 @@ def access_of(room: ChatRoom, user) -> Access:
     ban = RoomBan.objects.filter(room=room, user=user).values_list("expires_at").first()
     member = room.members.filter(pk=user.pk).exists()
     return Access(ban is not None, ban[0] if ban else None, member)
+
+
+def bans_in_force(room_id: int) -> dict[int, datetime | None]:
+    """The room's bans not expired yet: user id -> until when (None: for good)."""
+    now = timezone.now()
+    return dict(RoomBan.objects.filter(room_id=room_id)
+                .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+                .values_list("user_id", "expires_at"))
 
 
 def access_verdict(room: ChatRoom, user, access: Access) -> str | None:

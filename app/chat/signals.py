@@ -20,7 +20,7 @@ from django.dispatch import receiver
 from app.realtime.consumers.handshake import user_key
 from app.realtime.layer.generations import bump_on_commit
 
-from .facts import access_key, room_key
+from .facts import bans_key, member_key, room_key
 from .models import ChatRoom, RoomBan, UserStatus
 from .streams import publish_live_update
 
@@ -68,7 +68,7 @@ def room_deleted(sender, instance: ChatRoom, **kwargs):
 @receiver(post_delete, sender=RoomBan)
 def ban_changed(sender, instance: RoomBan, **kwargs):
     """A ban given, changed or lifted applies at the user's next handshake."""
-    bump_on_commit(access_key(instance.room_id, instance.user_id))
+    bump_on_commit(bans_key(instance.room_id))
 
 
 @receiver(m2m_changed, sender=ChatRoom.members.through)
@@ -88,9 +88,9 @@ def members_changed(sender, instance, action: str, reverse: bool, pk_set, **kwar
     else:
         return
     if reverse:  # instance is the user, the others are rooms
-        bump_on_commit(*(access_key(room_id, instance.pk) for room_id in others))
+        bump_on_commit(*(member_key(room_id, instance.pk) for room_id in others))
     else:
-        bump_on_commit(*(access_key(instance.pk, user_id) for user_id in others))
+        bump_on_commit(*(member_key(instance.pk, user_id) for user_id in others))
 
 
 @receiver(post_save, sender=get_user_model())

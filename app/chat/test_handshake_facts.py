@@ -278,6 +278,39 @@ async def test_a_warm_resume_with_nothing_missed_runs_no_query(ws, make_user):
     assert [q["sql"] for q in queries.captured_queries] == []
 
 
+async def test_a_users_first_resume_into_a_room_this_process_knows_runs_no_query(ws, make_user):
+    """Bans are cached per room: a user new to the room (as after a crash) reads no table."""
+    alice, bob = await make_user("alice"), await make_user("bob")
+    await change(lambda: ChatRoom.objects.create(name="lobby"))  # made by a join, it is read twice
+    staying = await join(ws, alice)  # the lobby, its bans and alice are cached now
+    await staying.send({"type": "message", "message": "hello"})
+    seq = (await staying.recv_type("message"))["seq"]
+    await (await join(ws, bob, room="elsewhere")).close()  # bob himself is cached now
+    await last_seen.flush()
+    cookie = await session_for(bob)
+    async with database_thread_queries() as queries:
+        client = WsClient(f"/ws/chat/lobby/?last_seq={seq}", cookie)
+        assert await client.open()
+        frames = await client.recv_until("resume_end")
+    await client.close()
+    await staying.close()
+    assert frames[-1]["replayed"] == 0
+    assert [q["sql"] for q in queries.captured_queries] == []
+
+
+async def test_the_bans_cached_are_those_in_force_for_whom_they_name(processes, make_user):
+    """An expired ban is not loaded; a ban names one user and leaves the others alone."""
+    alice, bob, carol = [await make_user(n) for n in ("alice", "bob", "carol")]
+    room = await change(lambda: ChatRoom.objects.create(name="strict"))
+    await change(lambda: RoomBan.objects.create(
+        room=room, user=alice, expires_at=timezone.now() - timedelta(seconds=1)))
+    await change(lambda: RoomBan.objects.create(room=room, user=bob))
+    for _ in range(2):
+        assert await room_verdicts(processes, "strict", alice) == [None, None]
+        assert await room_verdicts(processes, "strict", bob) == ["banned", "banned"]
+        assert await room_verdicts(processes, "strict", carol) == [None, None]
+    assert [set(facts.bans.entries[room.id][2]) for facts in processes] == [{bob.pk}] * 2
+
 async def test_make_load_users_resetting_passwords_drops_the_cached_users(processes):
     """The command changes passwords with .update() (no signal) and bumps the keys itself."""
     from django.core.management import call_command
@@ -312,5 +345,5 @@ async def test_a_warm_handshake_reads_its_chat_facts_in_one_mget(ws, make_user, 
     room = await change(lambda: ChatRoom.objects.get(name="lobby"))
     assert reads == [
         [f"user:{bob.pk}"],
-        ["room:lobby", f"access:{room.id}:{bob.pk}", f"user:{alice.pk}", f"user:{bob.pk}"],
+        ["room:lobby", f"bans:{room.id}", f"user:{alice.pk}", f"user:{bob.pk}"],
     ]

@@ -9,7 +9,12 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from app.realtime.adapters.test_uvicorn import serve
-from app.realtime.server.uvicorn_server import config, share_cache_backends, tune_gc
+from app.realtime.server.uvicorn_server import (
+    FULL_COLLECTION_EVERY,
+    config,
+    share_cache_backends,
+    tune_gc,
+)
 
 
 async def test_the_application_close_code_reaches_the_client():
@@ -48,13 +53,15 @@ async def test_deflate_is_declined_unless_asked_for(monkeypatch):
     assert config().ws_per_message_deflate is True
 
 
-def test_tune_gc_freezes_startup_objects_and_keeps_short_young_collections():
-    """What exists before serving is frozen; the young generation keeps its short pauses."""
+def test_tune_gc_freezes_startup_objects_and_spaces_full_collections():
+    """What exists before serving is frozen; young collections keep their short pauses and
+    full ones, which scan every socket, come less often."""
     threshold = gc.get_threshold()
     try:
         tune_gc()
         assert gc.get_freeze_count() > 0
-        assert gc.get_threshold() == threshold
+        assert gc.get_threshold() == (*threshold[:2], FULL_COLLECTION_EVERY)
+        assert FULL_COLLECTION_EVERY > threshold[2]
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)

@@ -105,6 +105,10 @@ def share_cache_backends() -> None:
         caches[alias]
 
 
+# Young-generation collections between two full ones (Python's default is 10).
+FULL_COLLECTION_EVERY = 100
+
+
 def tune_gc() -> None:
     """Keep the cyclic garbage collector off what lives as long as the process.
 
@@ -112,9 +116,15 @@ def tune_gc() -> None:
     collector's sight, so a full collection scans only what connections made. The young
     generation keeps Python's threshold: a larger one saved little CPU but made each pause
     longer, and a pause is in every member's round trip (docs/benchmarks.md has the figures).
+    Full collections come less often than Python's default: each scans every open
+    socket's objects, a long pause, and finds almost no garbage, because a closed socket's
+    objects are freed by reference counting. Python still waits for the objects promoted
+    since the last full collection to reach a quarter of those that survived it.
     """
     gc.collect()
     gc.freeze()
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
 
 
 if __name__ == "__main__":

@@ -258,6 +258,16 @@ async def test_last_seen_updates_do_not_invalidate_the_user(processes, make_user
     assert before == await tokens([f"user:{alice.pk}"])
 
 
+async def a_lobby_resume(cookie: str, seq: int) -> tuple[list[dict], list[str]]:
+    """The frames of one resume of the lobby after `seq`, and the SQL it ran."""
+    async with database_thread_queries() as queries:
+        client = WsClient(f"/ws/chat/lobby/?last_seq={seq}", cookie)
+        assert await client.open()
+        frames = await client.recv_until("resume_end")
+    await client.close()
+    return frames, [q["sql"] for q in queries.captured_queries]
+
+
 async def test_a_warm_resume_with_nothing_missed_runs_no_query(ws, make_user):
     """Session, user, room, access, user list and position all come from Redis and memory."""
     alice = await make_user("alice")
@@ -268,14 +278,9 @@ async def test_a_warm_resume_with_nothing_missed_runs_no_query(ws, make_user):
     warm = await join(ws, alice, query=f"?last_seq={seq}")
     await warm.close()
     await last_seen.flush()  # the closes' last_seen, written now rather than during the resume
-    cookie = await session_for(alice)
-    async with database_thread_queries() as queries:
-        client = WsClient(f"/ws/chat/lobby/?last_seq={seq}", cookie)
-        assert await client.open()
-        frames = await client.recv_until("resume_end")
-    await client.close()
+    frames, queries = await a_lobby_resume(await session_for(alice), seq)
     assert frames[-1] == {"type": "resume_end", "room": "lobby", "seq": seq, "replayed": 0}
-    assert [q["sql"] for q in queries.captured_queries] == []
+    assert queries == []
 
 
 async def test_a_users_first_resume_into_a_room_this_process_knows_runs_no_query(ws, make_user):
@@ -287,15 +292,10 @@ async def test_a_users_first_resume_into_a_room_this_process_knows_runs_no_query
     seq = (await staying.recv_type("message"))["seq"]
     await (await join(ws, bob, room="elsewhere")).close()  # bob himself is cached now
     await last_seen.flush()
-    cookie = await session_for(bob)
-    async with database_thread_queries() as queries:
-        client = WsClient(f"/ws/chat/lobby/?last_seq={seq}", cookie)
-        assert await client.open()
-        frames = await client.recv_until("resume_end")
-    await client.close()
+    frames, queries = await a_lobby_resume(await session_for(bob), seq)
     await staying.close()
     assert frames[-1]["replayed"] == 0
-    assert [q["sql"] for q in queries.captured_queries] == []
+    assert queries == []
 
 
 async def test_the_bans_cached_are_those_in_force_for_whom_they_name(processes, make_user):

@@ -77,7 +77,7 @@ def _load_bans(room_id: int) -> dict[int, object]:
 
 @database_sync_to_async
 def _load_member(room, user) -> bool:
-    return room.members.filter(pk=user.pk).exists()
+    return services.is_member(room, user)
 
 
 async def _cached(cache: FactsCache, key, token, load):

@@ -53,8 +53,12 @@ class Access(NamedTuple):
 def access_of(room: ChatRoom, user) -> Access:
     """Read the user's ban and membership in a room."""
     ban = RoomBan.objects.filter(room=room, user=user).values_list("expires_at").first()
-    member = room.members.filter(pk=user.pk).exists()
-    return Access(ban is not None, ban[0] if ban else None, member)
+    return Access(ban is not None, ban[0] if ban else None, is_member(room, user))
+
+
+def is_member(room: ChatRoom, user) -> bool:
+    """Whether the user is a member of the room (what lets them into a private one)."""
+    return room.members.filter(pk=user.pk).exists()
 
 
 def bans_in_force(room_id: int) -> dict[int, datetime | None]:

@@ -101,7 +101,6 @@ async def test_a_kept_leave_lasts_until_its_time_past_the_entry_s_ttl_then_settl
     assert await store.presence_members("room:1") == []
 
 
-
 def test_redis_replies_are_parsed_by_hiredis():
     """hiredis is pinned for the image, so redis-py reads every reply with its C parser, not
     the pure-Python one (a handshake's MGET of a room's user tokens is much of its Redis CPU)."""

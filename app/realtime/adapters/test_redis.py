@@ -5,8 +5,15 @@ import time
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError
 
-from app.realtime.adapters.redis import BlockingSentinelConnectionPool, create_pool
+from app.realtime.adapters.redis import (
+    BlockingSentinelConnectionPool,
+    HiredisPacking,
+    create_pool,
+    hiredis_packing,
+    pack,
+)
 from app.realtime.layer.store import connect_redis
 
 
@@ -62,3 +69,54 @@ async def test_a_caller_waits_no_longer_than_the_pool_timeout():
     with pytest.raises(RedisConnectionError, match="No connection available"):
         await pool.get_connection()
     assert 0.15 < time.monotonic() - started < 2
+
+
+ODD_COMMANDS = [
+    ("SET", "key", "välue"),
+    ("ZADD", b"group", 1.5, "member", 0.1, "other"),
+    ("SET", "big", b"x" * 100_000),
+    ("SET", "view", memoryview(b"from a view")),
+    ("INCRBY", "counter", -(2**40)),
+    ("CLIENT SETNAME", "named"),
+    (b"CONFIG GET", b"maxmemory"),
+]
+
+
+@pytest.mark.parametrize("args", ODD_COMMANDS, ids=lambda args: str(args[0]))
+def test_hiredis_packs_a_command_as_redis_pys_own_encoder_does(args):
+    """Strings, bytes, views, floats, big integers and two-word commands: the same bytes."""
+    from redis.asyncio.connection import Connection
+
+    assert pack(args) == b"".join(Connection().pack_command(*args))
+
+
+@pytest.mark.parametrize("value", [True, None, [1]])
+def test_a_value_redis_cannot_store_is_refused_as_redis_py_refuses_it(value):
+    """redis-py's DataError, before anything is written."""
+    with pytest.raises(DataError):
+        pack(("SET", "key", value))
+
+
+async def test_the_pools_connections_pack_with_hiredis_and_redis_reads_them(redis_url):
+    """A pool's commands and pipelines reach a real Redis intact through the hiredis packing."""
+    client = connect_redis({"address": redis_url, "max_connections": 2})
+    assert issubclass(client.connection_pool.connection_class, HiredisPacking)
+    await client.set("plain", "välue")
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.set("big", b"x" * 100_000).zadd("group", {"member": 1.5}).get("plain")
+        assert (await pipe.execute())[2] == "välue".encode()
+    assert len(await client.get("big")) == 100_000
+    assert await client.zscore("group", "member") == 1.5
+    with pytest.raises(DataError):
+        await client.set("bad", None)
+    await client.aclose()
+
+
+def test_the_sentinel_pools_connections_pack_with_hiredis_too():
+    """Sentinel-managed connections keep their class's behaviour, with hiredis packing mixed in."""
+    from redis.asyncio.sentinel import SentinelManagedConnection
+
+    pool = create_pool({"sentinels": [("127.0.0.1", 1)], "master_name": "mymaster"})
+    assert issubclass(pool.connection_class, SentinelManagedConnection)
+    assert issubclass(pool.connection_class, HiredisPacking)
+    assert hiredis_packing(pool.connection_class) is pool.connection_class

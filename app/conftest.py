@@ -15,13 +15,17 @@ def fresh_login_counts():
 
 @pytest.fixture(autouse=True)
 def fresh_chat_process_state():
-    """Forget the histories this process cached (each test's database numbers rooms afresh,
-    so a room id and its seq may name another test's room) and the last_seen times noted but
-    not written (the test's database is gone by the time they would be)."""
+    """Forget the histories and replay spans this process cached (each test's database
+    numbers rooms afresh, so a room id and its seq may name another test's room) and the
+    last_seen times noted but not written (the test's database is gone by the time they
+    would be)."""
     from app.chat.history import room_history
     from app.chat.last_seen import last_seen
+    from app.chat.replay import room_events
 
     room_history.clear()
+    room_events.clear()
     yield
     room_history.clear()
+    room_events.clear()
     last_seen.pending.clear()

@@ -260,8 +260,11 @@ WS_CONNECT_RATE = env("WS_CONNECT_RATE", "60/60")
 # Handshakes a WebSocket process works on at once; the rest wait their turn (see registry.py).
 WS_CONNECT_CONCURRENCY = int(env("WS_CONNECT_CONCURRENCY", "8"))
 CHAT_HISTORY_SIZE = int(env("CHAT_HISTORY_SIZE", "50"))
-# Rooms whose history each WebSocket process keeps serialised for joins (app/chat/history.py).
+# Rooms whose history and recent events each WebSocket process keeps serialised for joins and
+# resumes (app/chat/history.py, app/chat/replay.py).
 CHAT_HISTORY_CACHE_ROOMS = int(env("CHAT_HISTORY_CACHE_ROOMS", "1000"))
+# Stored events of each such room kept serialised for resumes (app/chat/replay.py).
+CHAT_REPLAY_CACHE_EVENTS = int(env("CHAT_REPLAY_CACHE_EVENTS", "500"))
 # Users' last_seen times are written in batches this many seconds apart (app/chat/last_seen.py).
 LAST_SEEN_FLUSH_SECONDS = float(env("LAST_SEEN_FLUSH_SECONDS", "5"))
 CHAT_AUTO_CREATE_ROOMS = env_bool("CHAT_AUTO_CREATE_ROOMS", True)

@@ -26,6 +26,7 @@ from .facts import handshake_facts
 from .history import room_history
 from .last_seen import last_seen
 from .models import Notification, UserStatus
+from .replay import room_events
 from .streams import notify_group, topic_group, user_group
 from .writer import writer
 
@@ -158,28 +159,33 @@ class ChatConsumer(RealtimeConsumer):
     async def send_replay(self, key: str, value: int, recorded: int | None = None):
         """Replay every stored event after the client's position, then `resume_end`.
 
-        A client resuming at exactly the room's position as recorded in Redis (raised after
-        each commit, app/chat/writer.py) has missed nothing and gets `resume_end` without a
-        database read. That record may lag the database (a raise lost in a failover, or not
-        made yet): then events after the client's position exist that this path does not
-        send, and they are sent by the gap fill, in order and exactly once, as for a
-        broadcast Redis lost. `next_seq` is the client's position + 1, so the next live event
-        finds the gap and `room_event` fills it from the database first, and in a quiet room
-        the heartbeat's check against the database's latest seq (`heartbeat_many`) does. The
-        record never runs ahead of the database, so the fast path can never skip an event.
+        `recorded` is the room's position as recorded in Redis when the handshake read it
+        (raised after each commit, app/chat/writer.py). A client resuming at exactly that
+        position has missed nothing and gets `resume_end` without a database read; one
+        behind it gets the events from the room's span this process holds when that span
+        reaches the record (app/chat/replay.py), else from the database. The record may lag
+        the database (a raise lost in a failover, or not made yet): then events after the
+        replay's end exist that this path does not send, and they are sent by the gap fill,
+        in order and exactly once, as for a broadcast Redis lost. `next_seq` is the
+        replay's end + 1, so the next live event finds the gap and `room_event` fills it
+        from the database first, and in a quiet room the heartbeat's check against the
+        database's latest seq (`heartbeat_many`) does. The record never runs ahead of the
+        database, so neither fast path can skip an event.
         """
         if key != "last_seq":
             recorded = None
+            value = await self._seq_of_message(value)
         if recorded is not None and value == recorded:
             frames, after = [], value
         else:
-            frames, after, upto = await self._replay(key, value)
-            await self._record_position(upto)
+            frames, after, upto, read = await room_events.replay(self.room, value, recorded)
+            if read:
+                await self._record_position(upto)
         metrics.RESUME_REPLAYS.inc()
         metrics.RESUME_MESSAGES.inc(len(frames))
-        for frame in frames:
-            await self.send_frame({**frame, "replay": True})
-        self.next_seq = (frames[-1]["seq"] if frames else after) + 1
+        for _, kind, text in frames:
+            await self.send_frame(text, kind)
+        self.next_seq = (frames[-1][0] if frames else after) + 1
         await self.send_frame({
             "type": "resume_end",
             "room": self.room.name,
@@ -194,14 +200,8 @@ class ChatConsumer(RealtimeConsumer):
             pass  # the next resume reads the database again
 
     @database_sync_to_async
-    def _replay(self, key: str, value: int):
-        last_seq = value
-        if key == "last_id":
-            last_seq = services.seq_of_message(self.room.id, value) or 0
-        upto = services.latest_seq(self.room.id)
-        last_seq = min(last_seq, upto)
-        events = services.events_between(self.room.id, last_seq, upto, limit=100_000)
-        return events, last_seq, upto
+    def _seq_of_message(self, message_id: int) -> int:
+        return services.seq_of_message(self.room.id, message_id) or 0
 
     # ------------------------------------------------------------------ disconnect
     async def disconnect(self, code):
@@ -348,6 +348,7 @@ class ChatConsumer(RealtimeConsumer):
     # ------------------------------------------------------------------ group events
     async def room_event(self, event):
         """Deliver a stored room event in sequence order, filling any gap from the database."""
+        room_events.saw(self.room.id, event["seq"], event["kind"], event["text"])
         async with self.delivery:
             seq = event["seq"]
             if seq < self.next_seq:
@@ -365,6 +366,8 @@ class ChatConsumer(RealtimeConsumer):
         has `room_event` run by the layer's reader.
         """
         kind = message["type"]
+        if kind == "room.event":
+            room_events.saw(self.room.id, message["seq"], message["kind"], message["text"])
         if kind == "room.event" and not self.busy:
             seq = message["seq"]
             if seq > self.next_seq or self.delivery.locked():

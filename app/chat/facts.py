@@ -82,12 +82,9 @@ def _load_member(room, user) -> bool:
 
 async def _cached(cache: FactsCache, key, token, load):
     """The value cached under `key` for `token`, else `await load()`, kept when a token was read."""
-    hit, value = (False, None) if token is UNREAD else cache.get(key, token)
-    if not hit:
-        value = await load()
-        if token is not UNREAD:
-            cache.put(key, token, value)
-    return value
+    if token is UNREAD:
+        return await load()
+    return await cache.value(key, token, load)
 
 
 @database_sync_to_async

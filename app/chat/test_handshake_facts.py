@@ -76,6 +76,20 @@ async def test_a_cached_user_is_resolved_without_a_query_but_the_session_is_read
     assert isinstance(await users.user(session(cookie)), AnonymousUser)
 
 
+async def test_handshakes_of_one_user_arriving_together_read_the_user_once(
+        processes, make_user):
+    """A cold process (one that took over a crashed one's clients): twenty of one user's
+    handshakes at once share one read of the users table."""
+    alice = await make_user("alice")
+    cookie = await session_for(alice)
+    users = SessionUsers()
+    async with database_thread_queries() as queries:
+        found = await asyncio.gather(*(users.user(session(cookie)) for _ in range(20)))
+    assert {user.pk for user in found} == {alice.pk}
+    assert len({id(user) for user in found}) == 20  # each socket its own instance
+    assert len([q for q in queries.captured_queries if "auth_user" in q["sql"]]) == 1
+
+
 async def test_a_session_missing_from_redis_is_read_from_the_database(processes, make_user):
     """cached_db's fallback holds: a session evicted from Redis still signs its user in."""
     from django.core.cache import caches

@@ -106,18 +106,14 @@ class SessionUsers:
         user_id, backend_path, session_hash = credentials
         if backend_path not in settings.AUTHENTICATION_BACKENDS:
             return AnonymousUser()
-        key = (backend_path, user_id)
         try:
             token = (await tokens([user_key(user_id)]))[0]
         except RedisError:
-            cacheable, hit, found = False, False, None  # nothing to check against: no cache
-        else:
-            cacheable = True
-            hit, found = self.cache.get(key, token)
-        if not hit:
+            # Nothing to check a cached user against: read it.
             found = await _load_user(backend_path, user_id)
-            if cacheable:
-                self.cache.put(key, token, found)
+        else:
+            found = await self.cache.value((backend_path, user_id), token,
+                                           lambda: _load_user(backend_path, user_id))
         if found is None:
             return AnonymousUser()
         user, auth_hash = found

@@ -20,6 +20,7 @@ code that changes a cached model that way must call `bump_on_commit()` itself (s
 app/chat/signals.py for what is cached and under which keys).
 """
 
+import asyncio
 import logging
 import threading
 import time
@@ -33,6 +34,7 @@ from redis.retry import Retry
 
 from app.realtime.layer.retrying import sentinel_kwargs
 from app.realtime.layer.store import get_store
+from app.realtime.ops.background import spawn
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +105,34 @@ class FactsCache:
     def __init__(self, max_entries: int = 100_000):
         self.entries: dict[object, tuple[str, float, object]] = {}
         self.max_entries = max_entries
+        self.loading: dict[tuple[object, str], asyncio.Task] = {}
+
+    async def value(self, key, token: str, load):
+        """The value kept under `key` for `token`, else `await load()`, then kept for it.
+
+        Callers missing the same key and token together share one load: after a crash, the
+        process taking over finds none of its clients' users cached, and each of their
+        handshakes, all arriving at once, would otherwise read the same user again.
+        """
+        hit, value = self.get(key, token)
+        if hit:
+            return value
+        pending = self.loading.get((key, token))
+        if pending is None:
+            pending = self.loading[(key, token)] = spawn(self._load(key, token, load))
+            pending.add_done_callback(lambda done: self._loaded(key, token, done))
+        return await asyncio.shield(pending)
+
+    async def _load(self, key, token: str, load):
+        value = await load()
+        self.put(key, token, value)
+        return value
+
+    def _loaded(self, key, token: str, task: asyncio.Task) -> None:
+        if self.loading.get((key, token)) is task:
+            del self.loading[(key, token)]
+        if not task.cancelled():
+            task.exception()  # raised to the callers that waited; not "never retrieved"
 
     def get(self, key, token: str) -> tuple[bool, object]:
         """(True, value) when an entry was read under this token and has not expired."""

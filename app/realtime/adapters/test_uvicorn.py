@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import logging
 import socket
 
 import uvicorn
@@ -45,11 +46,11 @@ async def serve(app=None, limits: SocketLimits | None = None, **options):
     `options` are uvicorn.Config's (ws_max_size, ws_per_message_deflate, ...).
     """
     port = free_port()
-    options = {"ws_per_message_deflate": False, **options}
+    options = {"ws_per_message_deflate": False, "log_level": "warning", **options}
     protocol = FanoutWebSocketProtocol.with_limits(limits or SocketLimits())
     server = uvicorn.Server(uvicorn.Config(
         app or echo_app, host="127.0.0.1", port=port, ws=protocol,
-        lifespan="off", log_level="warning", **options))
+        lifespan="off", **options))
     task = asyncio.create_task(server.serve())
     while not server.started:  # noqa: ASYNC110 (uvicorn offers a flag, not an event)
         await asyncio.sleep(0.01)
@@ -178,3 +179,35 @@ async def test_the_application_finds_the_direct_socket_in_its_scope():
             assert protocol.write_text("direct") is True
             assert await client.recv() == "direct"
 
+
+
+async def failing_app(scope, receive, send):
+    """Accepts, then fails: uvicorn logs the exception."""
+    if scope["type"] != "websocket":
+        return
+    await receive()
+    await send({"type": "websocket.accept"})
+    raise RuntimeError("the application failed")
+
+
+async def test_an_accepted_socket_logs_nothing_and_an_application_error_still_does():
+    """With uvicorn logging at INFO, the per-socket line is not written; an exception in the
+    application is, as uvicorn logs it."""
+    lines: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = lines.append
+    logging.getLogger("uvicorn.error").addHandler(handler)
+    try:
+        async with serve(log_level="info", log_config=None) as (_, url):
+            async with connect(url + "/echo") as ws:
+                await ws.send("x")
+                assert await ws.recv() == "echo:x"
+            async with serve(failing_app, log_level="info", log_config=None) as (_, failing):
+                async with connect(failing + "/fail") as ws:
+                    with contextlib.suppress(Exception):
+                        await ws.recv()
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(handler)
+    assert [r for r in lines if "Uvicorn running" in r.getMessage()]  # INFO is on
+    assert not [r for r in lines if "[accepted]" in r.getMessage()]
+    assert [r for r in lines if "Exception in ASGI application" in r.getMessage()]

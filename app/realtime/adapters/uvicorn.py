@@ -10,11 +10,19 @@ Relied on, from `uvicorn.protocols.websockets.websockets_sansio_impl.WebSocketsS
 has failed), `pause_writing` and `resume_writing`; that `handle_close` and `connection_lost`
 cancel `close_timer` and `run_asgi` leaves the transport open while it is set; that `send`
 waits on `writable` only after the handshake; and that its `send` sends every message whole
-(never a fragment), so no fragmented message is ever in progress on its connections.
+(never a fragment), so no fragmented message is ever in progress on its connections; and
+`logger`, the logger of its per-connection lines.
+
+Each accepted socket logged an INFO line (`"WebSocket /ws/..." [accepted]`) through
+`uvicorn.error`, a noticeable part of a handshake's CPU in a reconnect storm. nginx's access log
+already has every handshake with its status and times, so the protocol's own lines below
+WARNING are dropped; its warnings and errors (an exception in the application) still reach
+`uvicorn.error`.
 """
 
 import asyncio
 import collections
+import logging
 
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -30,6 +38,26 @@ PACKAGE = "uvicorn"
 SUPPORTED = ">=0.54,<0.55"
 # What a send to a socket the client has already closed raises.
 CLIENT_GONE = (ClientDisconnected,)
+
+
+class WarningsOnly(logging.LoggerAdapter):
+    """A logger's warnings and errors; its INFO, DEBUG and TRACE lines are dropped.
+
+    An adapter rather than a logger with a level: logging configured later (uvicorn's, then
+    Django's `dictConfig`) resets the levels of existing child loggers.
+    """
+
+    @property
+    def level(self) -> int:
+        """The level uvicorn compares with TRACE before formatting a trace line."""
+        return max(logging.WARNING, self.logger.getEffectiveLevel())
+
+    def isEnabledFor(self, level: int) -> bool:
+        """Whether a record of this level would be written."""
+        return level >= logging.WARNING and self.logger.isEnabledFor(level)
+
+
+SOCKET_LOG = WarningsOnly(logging.getLogger("uvicorn.error"))
 
 
 class Flag:
@@ -92,6 +120,7 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.logger = SOCKET_LOG
         self.request = None
         self.response = None
         self.queue = WaitQueue()

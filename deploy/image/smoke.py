@@ -44,7 +44,7 @@ class Result:
 # adapter (zope.interface, Twisted) is imported by app.asgi only when daphne serves it.
 ROLE_MODULES = ("app.asgi", "daphne.server", "app.realtime.adapters.daphne", "uvicorn_worker",
                 "gunicorn", "psycopg", "redis.asyncio", "channels_redis.core", "websockets",
-                "whitenoise")
+                "httptools", "hiredis", "whitenoise")
 
 
 def entrypoint_modules(entrypoint_sh: str) -> list[str]:

@@ -13,11 +13,11 @@ waits on `writable` only after the handshake; and that its `send` sends every me
 (never a fragment), so no fragmented message is ever in progress on its connections; and
 `logger`, the logger of its per-connection lines.
 
-Each accepted socket logged an INFO line (`"WebSocket /ws/..." [accepted]`) through
-`uvicorn.error`, a noticeable part of a handshake's CPU in a reconnect storm. nginx's access log
-already has every handshake with its status and times, so the protocol's own lines below
-WARNING are dropped; its warnings and errors (an exception in the application) still reach
-`uvicorn.error`.
+Each socket logged INFO lines through `uvicorn.error` (uvicorn's `"WebSocket /ws/..."
+[accepted]`, websockets' "connection open" and "connection closed"), a noticeable part of a
+handshake's CPU in a reconnect storm. nginx's access log already has every handshake with its
+status and times, so the lines of both protocols below WARNING are dropped; their warnings and
+errors (an exception in the application) still reach `uvicorn.error`.
 """
 
 import asyncio
@@ -127,7 +127,7 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
         self.writable = Flag()
         self.writable.set()
         self.plain = False  # no extension negotiated: frames can be written as framed once
-        self.conn = websockets_adapter.refusal_aware(self.conn)
+        self.conn = websockets_adapter.refusal_aware(self.conn, SOCKET_LOG)
         self.slow_timer: asyncio.TimerHandle | None = None
         self.backlog: collections.deque | None = None  # sent while writes were paused
         self.shedding = False  # closed by the server itself: what the application sends is dropped

@@ -59,12 +59,13 @@ class RefusalAwareServerProtocol(ServerProtocol):
         super().fail(code, reason)
 
 
-def refusal_aware(conn: ServerProtocol) -> RefusalAwareServerProtocol:
-    """A fresh RefusalAwareServerProtocol configured as `conn` (before its handshake)."""
+def refusal_aware(conn: ServerProtocol, logger=None) -> RefusalAwareServerProtocol:
+    """A fresh RefusalAwareServerProtocol configured as `conn` (before its handshake), logging
+    to `logger` when given."""
     return RefusalAwareServerProtocol(
         extensions=conn.available_extensions,
         max_size=(conn.max_message_size, conn.max_fragment_size),
-        logger=conn.logger,
+        logger=logger if logger is not None else conn.logger,
     )
 
 

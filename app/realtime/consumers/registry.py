@@ -142,10 +142,18 @@ class Registry:
         # Operators read these two lines (kubectl logs) to see that a preStop drain really ran.
         logger.info("drain: asking %d clients to reconnect elsewhere over %.1f s",
                     len(consumers), window)
+        # Paced by the clock, not by a sleep per client: on a busy loop each sleep lasts a
+        # whole loop turn, and the drain ran several times past its window.
         pause = window / max(len(consumers), 1)
-        for consumer in consumers:
-            if consumer in self.consumers:
-                await self.send_away(consumer)
+        total, sent = len(consumers), 0
+        while sent < total:
+            elapsed = time.monotonic() - started
+            due = total if elapsed >= window else int(total * elapsed / window) + 1
+            for consumer in consumers[sent:due]:
+                if consumer in self.consumers:
+                    await self.send_away(consumer)
+            sent = max(sent, due)
+            if sent < total:
                 await asyncio.sleep(pause)
         while self._leaving:  # the last closes, and those of handshakes that ended meanwhile
             await asyncio.gather(*self._leaving)

@@ -88,3 +88,46 @@ async def test_a_heartbeat_to_a_client_gone_since_the_last_beat_is_no_error(capl
         await RealtimeConsumer.heartbeat_many([consumer])
     assert [r.levelname for r in caplog.records] == ["DEBUG"]
     assert "the client is gone" in caplog.records[0].getMessage()
+
+
+class Leaving:
+    """A stand-in consumer that records when it was asked to reconnect, and its close."""
+
+    def __init__(self, registry, asked: list):
+        self.registry, self.asked, self.closed = registry, asked, None
+
+    def resume_position(self):
+        return 7
+
+    async def send_frame(self, frame):
+        self.asked.append((time.monotonic(), frame))
+
+    async def close(self, code=None, reason=None):
+        self.closed = code
+        self.registry.consumers.discard(self)
+
+
+async def test_a_drain_on_a_busy_loop_still_ends_within_its_window(settings):
+    """Every loop turn blocked 20 ms (a busy process): 300 clients over a 0.3 s window are all
+    asked within about the window, not one loop turn each, and each is closed with 1012."""
+    settings.DRAIN_CLOSE_GRACE = 0.01
+    registry, asked = Registry(), []
+    registry.ensure_heartbeat = lambda: None
+    consumers = [Leaving(registry, asked) for _ in range(300)]
+    registry.consumers.update(consumers)
+    busy = True
+
+    def block():
+        time.sleep(0.02)
+        if busy:
+            asyncio.get_running_loop().call_soon(block)
+
+    asyncio.get_running_loop().call_soon(block)
+    started = time.monotonic()
+    try:
+        assert await registry.drain(window=0.3, retry_max_ms=0) == 300
+    finally:
+        busy = False
+    assert len(asked) == 300 and {frame["last_seq"] for _, frame in asked} == {7}
+    assert asked[-1][0] - started < 0.6
+    assert {consumer.closed for consumer in consumers} == {1012}

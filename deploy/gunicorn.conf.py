@@ -10,7 +10,10 @@ import os
 
 from prometheus_client import multiprocess
 
-worker_class = "uvicorn_worker.UvicornWorker"
+# h11, as before httptools was installed for the WebSocket role's handshakes: uvicorn's httptools
+# protocol writes response header names in lowercase, and the HTTP role's responses stay as
+# they were (clients reading "Retry-After" by its case keep working).
+worker_class = "uvicorn_worker.UvicornH11Worker"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # In-flight requests get this long to finish on SIGTERM (Kubernetes sends it after preStop).
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "25"))

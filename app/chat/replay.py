@@ -151,8 +151,9 @@ class RoomEvents:
         return read
 
     def clear(self) -> None:
-        """Forget every room (tests)."""
+        """Forget every room and the reads in flight (tests)."""
         self.spans.clear()
+        self.reading.clear()
 
 
 room_events = RoomEvents()

@@ -149,5 +149,6 @@ class FactsCache:
         self.entries[key] = (token, time.monotonic() + settings.HANDSHAKE_FACTS_TTL, value)
 
     def clear(self) -> None:
-        """Forget every entry."""
+        """Forget every entry and the loads in flight (a later caller loads again)."""
         self.entries.clear()
+        self.loading.clear()

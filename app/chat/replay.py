@@ -25,7 +25,7 @@ import json
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from app.realtime.ops.background import spawn
+from app.realtime.ops.background import spawn_keyed
 
 from . import services
 
@@ -116,7 +116,8 @@ class RoomEvents:
             if reading is None:
                 break
             await asyncio.shield(reading)  # another replay of the room is reading: share it
-        read = await asyncio.shield(self._start_read(room.id, position))
+        read = await asyncio.shield(spawn_keyed(self.reading, room.id,
+                                                self._read_and_keep(room.id, position)))
         return read.after(read.low), read.low, read.high, True
 
     def saw(self, room_id: int, seq: int, kind: str, text: str) -> None:
@@ -128,18 +129,6 @@ class RoomEvents:
             span.extend(seq, kind, text[:-1] + ',"replay":true}')
             if len(span.frames) > 2 * settings.CHAT_REPLAY_CACHE_EVENTS:
                 self.spans[room_id] = span.trimmed(settings.CHAT_REPLAY_CACHE_EVENTS)
-
-    def _start_read(self, room_id: int, position: int) -> asyncio.Task:
-        task = spawn(self._read_and_keep(room_id, position))
-        self.reading[room_id] = task
-        task.add_done_callback(lambda done: self._read_done(room_id, done))
-        return task
-
-    def _read_done(self, room_id: int, task: asyncio.Task) -> None:
-        if self.reading.get(room_id) is task:
-            del self.reading[room_id]
-        if not task.cancelled():
-            task.exception()  # raised to the replays that waited; not "never retrieved"
 
     async def _read_and_keep(self, room_id: int, position: int) -> Span:
         read = await _read(room_id, position)

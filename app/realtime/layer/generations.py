@@ -34,7 +34,7 @@ from redis.retry import Retry
 
 from app.realtime.layer.retrying import sentinel_kwargs
 from app.realtime.layer.store import get_store
-from app.realtime.ops.background import spawn
+from app.realtime.ops.background import spawn_keyed
 
 logger = logging.getLogger(__name__)
 
@@ -119,20 +119,13 @@ class FactsCache:
             return value
         pending = self.loading.get((key, token))
         if pending is None:
-            pending = self.loading[(key, token)] = spawn(self._load(key, token, load))
-            pending.add_done_callback(lambda done: self._loaded(key, token, done))
+            pending = spawn_keyed(self.loading, (key, token), self._load(key, token, load))
         return await asyncio.shield(pending)
 
     async def _load(self, key, token: str, load):
         value = await load()
         self.put(key, token, value)
         return value
-
-    def _loaded(self, key, token: str, task: asyncio.Task) -> None:
-        if self.loading.get((key, token)) is task:
-            del self.loading[(key, token)]
-        if not task.cancelled():
-            task.exception()  # raised to the callers that waited; not "never retrieved"
 
     def get(self, key, token: str) -> tuple[bool, object]:
         """(True, value) when an entry was read under this token and has not expired."""

@@ -7,6 +7,7 @@ import socket
 
 import uvicorn
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 from websockets.http11 import Request
 
 from app.realtime.adapters.uvicorn import FanoutWebSocketProtocol, Flag
@@ -179,6 +180,60 @@ async def test_the_application_finds_the_direct_socket_in_its_scope():
             assert protocol.write_text("direct") is True
             assert await client.recv() == "direct"
 
+
+def held_app(writes: list, refuse: bool = False):
+    """Accept (or refuse) and send frames both ways inside `writes_held`, recording the writes
+    that reach the real transport in `writes`."""
+
+    async def app(scope, receive, send):
+        if scope["type"] != "websocket":
+            return
+        socket = take_direct_socket(scope)
+        real = socket.transport
+        write = real.write
+        real.write = lambda data: (writes.append(bytes(data)), write(data))
+        await receive()
+        with socket.writes_held():
+            if refuse:
+                await send({"type": "websocket.close", "code": 1000})
+                return
+            await send({"type": "websocket.accept"})
+            assert socket.write_text("one") is True
+            await send({"type": "websocket.send", "text": "two"})
+            assert socket.write_text("three") is True
+            with socket.writes_held():  # nested: still held until the outer block ends
+                assert socket.write_text("four") is True
+            assert writes == []
+        assert socket.transport is real
+        socket.write_text("after")
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+
+    return app
+
+
+async def test_writes_held_go_out_as_one_write_in_order():
+    """The 101 and the frames written in the block, by write_text or send, are one write."""
+    writes: list[bytes] = []
+    async with serve(held_app(writes)) as (_, url):
+        async with connect(url, compression=None) as client:
+            assert [await client.recv() for _ in range(5)] == [
+                "one", "two", "three", "four", "after"]
+    assert writes[0].startswith(b"HTTP/1.1 101")
+    assert writes[0].endswith(b"four")
+    assert writes[1].endswith(b"after")
+
+
+async def test_a_refusal_in_a_held_block_still_reaches_the_client():
+    """A close before the accept (HTTP 403) is written and the connection closed."""
+    writes: list[bytes] = []
+    async with serve(held_app(writes, refuse=True)) as (_, url):
+        try:
+            async with connect(url, compression=None):
+                raise AssertionError("the handshake should have been refused")
+        except InvalidStatus as refused:
+            assert refused.response.status_code == 403
+    assert len(writes) == 1 and writes[0].startswith(b"HTTP/1.1 403")
 
 
 async def failing_app(scope, receive, send):

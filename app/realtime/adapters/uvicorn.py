@@ -22,6 +22,7 @@ errors (an exception in the application) still reach `uvicorn.error`.
 
 import asyncio
 import collections
+import contextlib
 import logging
 
 from uvicorn.protocols.utils import ClientDisconnected
@@ -30,6 +31,7 @@ from websockets.protocol import OPEN
 
 from app.realtime.adapters import websockets as websockets_adapter
 from app.realtime.consumers.delivery import DIRECT_SOCKET, WaitQueue
+from app.realtime.server.held import HeldWrites
 from app.realtime.server.limits import SLOW_CLIENT, SocketLimits
 from app.realtime.server.lingering import CloseFrameWatch
 
@@ -103,10 +105,11 @@ class Flag:
 class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol as a DirectSocket (app/realtime/consumers/delivery.py).
 
-    It hands itself to the application in the scope (`inbox`, `write_text`), forgets the
-    upgrade request and its response once the 101 is out (uvicorn keeps both as attributes,
-    websockets' parser keeps the request, for the connection's life although nothing reads
-    them), and swaps its event queue and back-pressure event for equivalents without deques.
+    It hands itself to the application in the scope (`inbox`, `write_text`, `writes_held`),
+    forgets the upgrade request and its response once the 101 is out (uvicorn keeps both as
+    attributes, websockets' parser keeps the request, for the connection's life although nothing
+    reads them), and swaps its event queue and back-pressure event for equivalents without
+    deques.
     It applies `limits` (app/realtime/server/limits.py): the slow-client rule, and a lingering
     close after its own close frames; `with_limits` makes the class a process serves.
     """
@@ -189,6 +192,23 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
             FanoutWebSocketProtocol._last_frame = (text, frame)
         self.transport.write(frame)
         return True
+
+    @contextlib.contextmanager
+    def writes_held(self):
+        """Hold every write to the socket during the block, then write it all in one go.
+
+        Every writer (the 101, `write_text`, `send`, a close) goes through `transport`, so
+        what is held stays in order with what comes after it. Nested blocks hold once.
+        """
+        if isinstance(self.transport, HeldWrites):
+            yield
+            return
+        held = self.transport = HeldWrites(self.transport)
+        try:
+            yield
+        finally:
+            self.transport = held.inner
+            held.release()
 
     def send_keepalive_ping(self) -> None:
         """uvicorn's keep-alive ping, skipped when the client was heard from since the last one.

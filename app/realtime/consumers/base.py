@@ -5,6 +5,7 @@ string `type`, the optional client `id` echoed as `client_id`, the error frame, 
 flood limits, `ping`/`pong`, the server heartbeat and the close codes.
 """
 
+import contextlib
 import json
 import logging
 import time
@@ -114,6 +115,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         self.heartbeat_slot = None  # set by the registry (kept here so every instance has it)
         self._send = None  # the server's ASGI send
         self._write = None  # the server's DirectSocket.write_text, if it offers one
+        self._hold = contextlib.nullcontext  # its writes_held: the join frames go out as one
 
     # ------------------------------------------------------------------ dispatch
     async def __call__(self, scope, receive, send):
@@ -129,6 +131,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         socket = take_direct_socket(scope)
         if socket is not None:
             self._write = socket.write_text
+            self._hold = socket.writes_held
         layer = get_channel_layer(self.channel_layer_alias)
         try:
             if socket is None or not isinstance(layer, ResilientRedisChannelLayer):
@@ -213,7 +216,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         self.user = django_adapter.unwrap_lazy(self.scope.get("user"))
         try:
             async with registry.connect_slots():
-                await self.connect()
+                with self._hold():
+                    await self.connect()
         except (LayerUnavailable, RedisError):
             await self.refuse(Close.UNAVAILABLE, "unavailable")
             return

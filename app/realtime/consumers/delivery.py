@@ -5,8 +5,9 @@ own when three parties agree on this interface, and only then:
 
 * The server (FanoutWebSocketProtocol, app/realtime/adapters/uvicorn.py) puts a `DirectSocket`
   in each WebSocket's ASGI scope, under `scope["extensions"][DIRECT_SOCKET]`: its `inbox`, the
-  WaitQueue its ASGI `receive` reads, and `write_text(text)`, which writes one text frame at
-  once or returns False (closing, back-pressure, compression) and writes nothing.
+  WaitQueue its ASGI `receive` reads, `write_text(text)`, which writes one text frame at
+  once or returns False (closing, back-pressure, compression) and writes nothing, and
+  `writes_held()`, a block whose writes reach the socket together when it ends.
 * The consumer (RealtimeConsumer, app/realtime/consumers/base.py) takes the extension out of
   the scope, sends every frame through `write_text` first and, on the Redis channel layer,
   hands the inbox to the layer (`adopt_inbox`), so one task reads its client frames and its
@@ -23,6 +24,7 @@ receive loop and sends through ASGI `send`; the layer may still call `take` and 
 
 import asyncio
 import collections
+import contextlib
 from typing import Protocol
 
 # The scope extension under which the server hands over its DirectSocket.
@@ -108,6 +110,9 @@ class DirectSocket(Protocol):
 
     def write_text(self, text: str) -> bool:
         """Write one text frame now; False, writing nothing, when ASGI `send` must do it."""
+
+    def writes_held(self) -> contextlib.AbstractContextManager:
+        """Hold what is written to the socket in the block, in order, and write it as one."""
 
 
 class FanoutReceiver(Protocol):

@@ -92,7 +92,7 @@ class ChatConsumer(RealtimeConsumer):
             return await self.refuse(Close.RATE_LIMITED, "rate_limited")
         # Presence is read once: for the size check, whether to announce the user and the
         # user list.
-        room, problem, present, users, recorded = await handshake_facts.for_handshake(
+        room, problem, present, users, recorded, users_frame = await handshake_facts.for_handshake(
             name, user, settings.CHAT_AUTO_CREATE_ROOMS)
         if room is None:
             return await self.refuse(Close.NOT_FOUND, "not_found")
@@ -121,7 +121,7 @@ class ChatConsumer(RealtimeConsumer):
         if bad_position:
             await self.send_error("invalid_field", "last_seq/last_id must be integers",
                                   field="last_seq")
-        await self.send_frame({"type": "user_list", "room": room.name, "users": users})
+        await self.send_frame(users_frame, "user_list")
         if position is None:
             await self.send_history(recorded)
         else:

@@ -12,6 +12,10 @@ app/chat/signals.py):
 - a user's name and chosen status, for `user_list` and `user_joined`: `user:<user id>`, the
   key the handshake's user cache uses too (app/realtime/consumers/handshake.py).
 
+Made of the last: each room's latest `user_list` and its frame's text, kept while the same
+users are listed under the same tokens and until the first of their entries expires. A storm
+of handshakes into one room lists it once, not once per socket.
+
 Bans are kept per room, not per user and room: the sockets of a process are spread over many
 pairs of user and room but few rooms, so after a crash the process that takes over its
 clients finds the bans of their rooms cached, where one entry per pair would send each
@@ -22,9 +26,12 @@ it lists in one MGET (`for_handshake`); on a miss it reads the database for what
 """
 
 import copy
+import json
+import time
 from typing import NamedTuple
 
 from channels.db import database_sync_to_async
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from redis.exceptions import RedisError
 
@@ -97,14 +104,15 @@ def _load_people(ids: list[int]) -> dict[int, tuple[str, str] | None]:
 
 class Joining(NamedTuple):
     """What a chat handshake needs: the room, why the user may not join, who is present, the
-    `user_list` entries (the joining user included) and the room's position as recorded in
-    Redis (None when unknown), read with the presence."""
+    `user_list` entries (the joining user included), the room's position as recorded in
+    Redis (None when unknown), read with the presence, and the `user_list` frame's text."""
 
     room: object
     problem: str | None
     present: set[int]
     users: list[dict]
     position: int | None = None
+    users_frame: str | None = None
 
 
 class HandshakeFacts:
@@ -115,6 +123,7 @@ class HandshakeFacts:
         self.bans = FactsCache()
         self.members = FactsCache()
         self.people = FactsCache()
+        self.listings = FactsCache(max_entries=settings.CHAT_HISTORY_CACHE_ROOMS)
 
     async def for_handshake(self, name: str, user, create: bool) -> Joining:
         """Everything a chat handshake checks and lists, with one MGET when the room is known.
@@ -136,15 +145,15 @@ class HandshakeFacts:
         if room is None or problem or room.id != known.id:
             # Refused, or the name now names another room (deleted and made again).
             return await self._listing(room, problem, user)
-        return Joining(room, problem, present, await self.describe(listed, read[len(keys):]),
-                       position)
+        users, frame = await self.listing(room, listed, read[len(keys):])
+        return Joining(room, problem, present, users, position, frame)
 
     async def _listing(self, room, problem, user) -> Joining:
         if room is None or problem:
             return Joining(room, problem, set(), [])
         present, position = await presence.room_user_ids_and_position(room.id)
-        return Joining(room, problem, present, await self.describe(present | {user.pk}),
-                       position)
+        users, frame = await self.listing(room, sorted(present | {user.pk}))
+        return Joining(room, problem, present, users, position, frame)
 
     def _known_room(self, name: str):
         """The room this process last knew by this name, valid or not (None if none)."""
@@ -186,16 +195,39 @@ class HandshakeFacts:
         # Each socket gets its own instance: Django caches related objects on it.
         return copy.copy(room), services.access_verdict(room, user, access)
 
+    async def listing(self, room, user_ids: list[int], tokens=None) -> tuple[list[dict], str]:
+        """The `user_list` entries of `room` for these sorted ids, and the frame's JSON text.
+
+        `tokens` are the users' tokens in that order when the caller read them already.
+        """
+        if tokens is None:
+            tokens = await _tokens([user_key(uid) for uid in user_ids])
+        token = (room.name, tuple(user_ids), tuple(tokens))
+        hit, value = self.listings.get(room.id, token)
+        if hit:
+            return value
+        users, expires = await self._describe(user_ids, tokens)
+        value = users, json.dumps({"type": "user_list", "room": room.name, "users": users},
+                                  separators=(",", ":"))
+        if expires is not None:
+            self.listings.put(room.id, token, value, expires)
+        return value
+
     async def describe(self, user_ids, tokens=None) -> list[dict]:
         """Name and status of each user, for `user_list`, sorted by id; unknown ids left out.
 
         `tokens` are the users' tokens in that order when the caller read them already.
         """
         ids = sorted(user_ids)
-        if not ids:
-            return []
         if tokens is None:
             tokens = await _tokens([user_key(uid) for uid in ids])
+        return (await self._describe(ids, tokens))[0]
+
+    async def _describe(self, ids: list[int], tokens) -> tuple[list[dict], float | None]:
+        """describe()'s entries, and when the first people entry they came from expires (None
+        when one was not cached: a token was not read)."""
+        if not ids:
+            return [], time.monotonic() + settings.HANDSHAKE_FACTS_TTL
         found, missing = {}, []
         for uid, token in zip(ids, tokens, strict=True):
             hit, value = (False, None) if token is UNREAD else self.people.get(uid, token)
@@ -209,12 +241,14 @@ class HandshakeFacts:
                 found[uid] = loaded[uid]
                 if token is not UNREAD:
                     self.people.put(uid, token, loaded[uid])
+        entries = [self.people.entries.get(uid) for uid in ids]
+        expires = None if None in entries or UNREAD in tokens else min(e[1] for e in entries)
         return [{"user_id": uid, "user": found[uid][0], "status": found[uid][1]}
-                for uid in ids if found[uid] is not None]
+                for uid in ids if found[uid] is not None], expires
 
     def clear(self) -> None:
         """Forget everything (tests)."""
-        for cache in (self.rooms, self.bans, self.members, self.people):
+        for cache in (self.rooms, self.bans, self.members, self.people, self.listings):
             cache.clear()
 
 

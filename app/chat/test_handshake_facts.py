@@ -7,6 +7,8 @@ bumps its generation key after commit, and both instances read the database agai
 
 import asyncio
 import contextlib
+import json
+import time
 from datetime import timedelta
 from importlib import import_module
 
@@ -259,6 +261,49 @@ async def test_a_status_change_shows_in_the_next_user_list_in_every_process(
         user=alice, defaults={"status": "busy"}))
     for facts in processes:
         assert (await facts.describe({alice.pk}))[0]["status"] == "busy"
+
+
+async def test_a_room_listing_is_built_once_while_its_users_and_tokens_hold(
+        processes, make_user):
+    """The same users under the same tokens: the same entries and frame, no user read; a
+    status or name change, or a user more, makes a new listing in every process."""
+    alice, bob = await make_user("alice"), await make_user("bob")
+    room = await change(lambda: ChatRoom.objects.create(name="lobby"))
+    ids = sorted([alice.pk, bob.pk])
+    first = {facts: await facts.listing(room, ids) for facts in processes}
+    for facts, (users, frame) in first.items():
+        assert [u["status"] for u in users] == ["online", "online"]
+        assert json.loads(frame) == {"type": "user_list", "room": "lobby", "users": users}
+        assert await facts.listing(room, ids) is first[facts]
+    await change(lambda: UserStatus.objects.update_or_create(
+        user=bob, defaults={"status": "busy"}))
+    await change(lambda: get_user_model().objects.filter(pk=alice.pk).update(username="al"))
+    await change(lambda: get_user_model().objects.get(pk=alice.pk).save())  # bumps via signal
+    carol = await make_user("carol")
+    for facts in processes:
+        users, frame = await facts.listing(room, ids)
+        assert [(u["user"], u["status"]) for u in users] == [("al", "online"), ("bob", "busy")]
+        assert json.loads(frame)["users"] == users
+        more = await facts.listing(room, sorted([*ids, carol.pk]))
+        assert [u["user"] for u in more[0]] == ["al", "bob", "carol"]
+
+
+async def test_a_room_listing_expires_with_the_first_user_entry_it_was_made_of(
+        processes, make_user):
+    """A listing never outlives the user entries it was made of (HANDSHAKE_FACTS_TTL each)."""
+    alice, bob = await make_user("alice"), await make_user("bob")
+    room = await change(lambda: ChatRoom.objects.create(name="lobby"))
+    facts = processes[0]
+    await facts.listing(room, [alice.pk])
+    token, _, value = facts.people.entries[alice.pk]
+    soon = time.monotonic() + 0.2
+    facts.people.entries[alice.pk] = (token, soon, value)  # read long ago: expires first
+    listing = await facts.listing(room, sorted([alice.pk, bob.pk]))
+    assert facts.listings.entries[room.id][1] == soon < facts.people.entries[bob.pk][1]
+    assert await facts.listing(room, sorted([alice.pk, bob.pk])) is listing
+    await asyncio.sleep(0.25)
+    again = await facts.listing(room, sorted([alice.pk, bob.pk]))
+    assert again is not listing and again[0] == listing[0]
 
 
 async def test_last_seen_updates_do_not_invalidate_the_user(processes, make_user):

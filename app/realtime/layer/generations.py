@@ -134,12 +134,18 @@ class FactsCache:
             return True, entry[2]
         return False, None
 
-    def put(self, key, token: str, value) -> None:
-        """Keep a value read from the database after `token` was read."""
+    def put(self, key, token: str, value, expires: float | None = None) -> None:
+        """Keep a value read from the database after `token` was read.
+
+        It expires HANDSHAKE_FACTS_TTL from now, or at `expires` (a `time.monotonic()`) for
+        a value made of other entries, which must not outlive them.
+        """
         self.entries.pop(key, None)
         if len(self.entries) >= self.max_entries:
             self.entries.pop(next(iter(self.entries)))  # the oldest insertion goes first
-        self.entries[key] = (token, time.monotonic() + settings.HANDSHAKE_FACTS_TTL, value)
+        if expires is None:
+            expires = time.monotonic() + settings.HANDSHAKE_FACTS_TTL
+        self.entries[key] = (token, expires, value)
 
     def clear(self) -> None:
         """Forget every entry and the loads in flight (a later caller loads again)."""

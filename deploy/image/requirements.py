@@ -5,7 +5,8 @@ from __future__ import annotations
 import ast
 import re
 import sys
-from collections.abc import Iterable, Mapping
+import tomllib
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,15 +97,32 @@ def third_party(modules: Iterable[str]) -> set[str]:
     }
 
 
-def unpinned_imports(modules: Iterable[str], pins: Mapping[str, Pin],
-                     providers: Mapping[str, list[str]]) -> dict[str, list[str]]:
-    """Return each module no pinned distribution provides, with the distributions that do."""
+def unprovided_imports(modules: Iterable[str], distributions: Collection[str],
+                       providers: Mapping[str, list[str]]) -> dict[str, list[str]]:
+    """Return each module none of `distributions` (normalized names: a lock's pins, or what
+    pyproject.toml declares) provides, with the distributions that do."""
     missing: dict[str, list[str]] = {}
     for module in sorted(modules):
         dists = providers.get(module, [])
-        if not any(normalize(dist) in pins for dist in dists):
+        if not any(normalize(dist) in distributions for dist in dists):
             missing[module] = sorted(set(dists))
     return missing
+
+
+def declared_dependencies(pyproject: str) -> set[str]:
+    """Return the runtime dependencies pyproject.toml declares, normalized, extras included
+    (`redis[hiredis]` declares hiredis too).
+
+    app/ must import only these: a module that only arrives with another package's
+    requirements leaves the image the day that package stops requiring it, though the lock
+    pins it today.
+    """
+    declared: set[str] = set()
+    for line in tomllib.loads(pyproject)["project"]["dependencies"]:
+        requirement = Requirement(line)
+        declared.add(normalize(requirement.name))
+        declared.update(normalize(extra) for extra in requirement.extras)
+    return declared
 
 
 def marker_environment(python_full_version: str) -> dict[str, str]:

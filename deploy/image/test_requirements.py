@@ -40,7 +40,14 @@ def test_every_third_party_import_of_the_image_code_is_pinned():
     """Each module imported by app/ (not tests) and gunicorn.conf.py comes from a pinned dist."""
     modules = _imports()
     assert {"django", "channels", "websockets", "uvicorn_worker"} <= modules
-    assert req.unpinned_imports(modules, _lock(), _providers()) == {}
+    assert req.unprovided_imports(modules, _lock(), _providers()) == {}
+
+
+def test_every_third_party_import_of_the_image_code_is_a_declared_dependency():
+    """What app/ imports itself is declared in pyproject.toml, not only brought by another dist."""
+    declared = req.declared_dependencies((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    assert {"zope-interface", "websockets", "asgiref", "hiredis"} <= declared
+    assert req.unprovided_imports(_imports(), declared, _providers()) == {}
 
 
 def test_the_lock_is_closed_under_the_image_python():
@@ -82,12 +89,22 @@ def test_imported_modules_sees_imports_and_dotted_strings():
         "django", "redis", "websockets", "django_redis"}
 
 
-def test_unpinned_imports_names_the_missing_distribution():
+def test_unprovided_imports_names_the_missing_distribution():
     """A module whose distribution is not pinned is reported with its providers."""
     pins = req.parse_lock("Django==5.2.19\n")
     providers = {"django": ["Django"], "websockets": ["websockets"]}
-    assert req.unpinned_imports({"django", "websockets", "nowhere"}, pins, providers) == {
+    assert req.unprovided_imports({"django", "websockets", "nowhere"}, pins, providers) == {
         "nowhere": [], "websockets": ["websockets"]}
+
+
+def test_unprovided_imports_names_a_module_only_a_dependency_brings():
+    declared = req.declared_dependencies(
+        '[project]\ndependencies = ["daphne==4.2.3", "redis[hiredis]==8.1.0"]\n')
+    assert declared == {"daphne", "redis", "hiredis"}
+    providers = {"daphne": ["daphne"], "hiredis": ["hiredis"],
+                 "zope": ["zope.interface", "zope.event"]}
+    assert req.unprovided_imports({"daphne", "hiredis", "zope"}, declared, providers) == {
+        "zope": ["zope.event", "zope.interface"]}
 
 
 def test_closure_gaps_follow_markers_and_versions():

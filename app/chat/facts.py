@@ -196,7 +196,8 @@ class HandshakeFacts:
         return copy.copy(room), services.access_verdict(room, user, access)
 
     async def listing(self, room, user_ids: list[int], tokens=None) -> tuple[list[dict], str]:
-        """The `user_list` entries of `room` for these sorted ids, and the frame's JSON text.
+        """The `user_list` entries of `room` for these sorted ids (unknown ones left out), and
+        the frame's JSON text.
 
         `tokens` are the users' tokens in that order when the caller read them already.
         """
@@ -213,19 +214,10 @@ class HandshakeFacts:
             self.listings.put(room.id, token, value, expires)
         return value
 
-    async def describe(self, user_ids, tokens=None) -> list[dict]:
-        """Name and status of each user, for `user_list`, sorted by id; unknown ids left out.
-
-        `tokens` are the users' tokens in that order when the caller read them already.
-        """
-        ids = sorted(user_ids)
-        if tokens is None:
-            tokens = await _tokens([user_key(uid) for uid in ids])
-        return (await self._describe(ids, tokens))[0]
-
     async def _describe(self, ids: list[int], tokens) -> tuple[list[dict], float | None]:
-        """describe()'s entries, and when the first people entry they came from expires (None
-        when one was not cached: a token was not read)."""
+        """Name and status of each user, for `user_list` (unknown ids left out), and when the
+        first people entry they came from expires (None when one was not cached: a token was
+        not read)."""
         if not ids:
             return [], time.monotonic() + settings.HANDSHAKE_FACTS_TTL
         found, missing = {}, []

@@ -254,13 +254,14 @@ async def test_a_status_change_shows_in_the_next_user_list_in_every_process(
         processes, make_user):
     """The chosen status is cached with the name; changing it bumps the user's key."""
     alice = await make_user("alice")
+    room = await change(lambda: ChatRoom.objects.create(name="lobby"))
     for facts in processes:
-        assert await facts.describe({alice.pk}) == [
+        assert (await facts.listing(room, [alice.pk]))[0] == [
             {"user_id": alice.pk, "user": "alice", "status": "online"}]
     await change(lambda: UserStatus.objects.update_or_create(
         user=alice, defaults={"status": "busy"}))
     for facts in processes:
-        assert (await facts.describe({alice.pk}))[0]["status"] == "busy"
+        assert (await facts.listing(room, [alice.pk]))[0][0]["status"] == "busy"
 
 
 async def test_a_room_listing_is_built_once_while_its_users_and_tokens_hold(

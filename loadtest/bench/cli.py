@@ -201,7 +201,7 @@ def print_diagnosis(results: list[dict]) -> None:
         if counters:
             print(f"{result['system']} x{result['size']} comfortable phase: "
                   + ", ".join(f"{key} {value}" for key, value in counters.items()))
-        for key in ("profile_connect", "profile"):
+        for key in ("profile_connect", "profile_resume", "profile"):
             profile = result.get(key)
             if profile and profile.get("self"):
                 print(f"{result['system']} x{result['size']} {key} ({profile['samples']} "

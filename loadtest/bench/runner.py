@@ -247,7 +247,10 @@ class Scenario:
         timeout = max(cfg.connect_timeout, count / every / 15)
         self.generator.park(every)
         settle(self.system, cfg.settle_timeout)  # the closes' work done before timing
+        recorder = self.start_profile("resume")
         resume = self.generator.resume(cfg.concurrency, 30, timeout + 60)
+        if recorder is not None:
+            self.result["profile_resume"] = recorder.finish()
         self.log(f"  resume: {resume['opened']}/{resume['chosen']} reopened with last_seq, "
                  f"{resume['failed']} failed {resume['errors'] or ''} in "
                  f"{resume['seconds']:.1f} s = {resume['rate'] or 0:.0f} resuming handshakes/s; "

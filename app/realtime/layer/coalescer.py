@@ -8,6 +8,13 @@ the commands callers issue during one turn of the event loop and sends them toge
 next turn, so the path is paid once per turn rather than once per command. A lone caller
 waits one loop turn, no more.
 
+Under load a turn holds only a few callers, so one pipeline per turn is still a pipeline per
+handshake step. While a pipeline is in flight, later callers wait for its replies and then go
+together in the next one (as ioredis' auto-pipelining does): the busier the process, the more
+each round trip carries, and Redis's replies pace the batches. A pipeline that has not come back
+within `stall` seconds (a frozen or failing Redis) no longer holds the next one back, so a hung
+round trip delays the callers behind it by `stall`, not by its socket timeout.
+
 Each caller's commands stay together and in order, and each caller gets only its own
 replies. A command Redis answers with an error fails that caller alone; a connection error
 fails every caller of that pipeline, and each retries as it would have alone (the store's
@@ -28,28 +35,56 @@ from app.realtime.ops.background import spawn
 class Coalescer:
     """Batches the commands of concurrent callers on one client into shared pipelines."""
 
-    def __init__(self, client: aioredis.Redis):
+    def __init__(self, client: aioredis.Redis, stall: float = 0.05):
         self.client = client
+        self.stall = stall
         self._pending: list[tuple[Callable, asyncio.Future]] = []
+        self._in_flight = 0
+        self._sent_at = 0.0  # loop time the newest pipeline in flight was sent
+        self._flush_handle: asyncio.Handle | None = None
 
     async def run(self, build: Callable) -> list:
         """Add `build(pipe)`'s commands to the next shared pipeline; return their replies.
 
         `build` receives a redis-py pipeline (no transaction) and queues commands on it, as
-        on any pipeline. It runs when the pipeline is sent, on the next loop turn.
+        on any pipeline. It runs when the pipeline is sent: on the next loop turn, or when
+        the pipeline in flight comes back.
         """
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._flush)
         self._pending.append((build, future))
+        if self._flush_handle is None:
+            if self._in_flight:
+                self._flush_handle = loop.call_at(self._sent_at + self.stall, self._flush)
+            else:
+                self._flush_handle = loop.call_soon(self._flush)
         return await future
 
     def _flush(self) -> None:
+        self._flush_handle = None
+        if not self._pending:
+            return
         batch, self._pending = self._pending, []
+        self._in_flight += 1
+        self._sent_at = asyncio.get_running_loop().time()
         spawn(self._send(batch))
 
+    def _returned(self) -> None:
+        """A pipeline came back: what waited for it goes on the next turn."""
+        self._in_flight -= 1
+        if self._pending and not self._in_flight:
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+            # call_soon, not now: callers its replies wake run first and join this batch.
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
     async def _send(self, batch: list[tuple[Callable, asyncio.Future]]) -> None:
+        try:
+            await self._execute(batch)
+        finally:
+            self._returned()
+
+    async def _execute(self, batch: list[tuple[Callable, asyncio.Future]]) -> None:
         pipe = self.client.pipeline(transaction=False)
         spans = []
         for build, future in batch:

@@ -48,6 +48,33 @@ async def test_callers_of_one_turn_share_one_round_trip_and_get_their_own_replie
     assert len(made) == 2
 
 
+async def test_callers_behind_a_pipeline_in_flight_go_together_when_it_returns(client):
+    coalescer = Coalescer(client, stall=10)
+    made = counting(client)
+    slow = asyncio.ensure_future(coalescer.run(lambda pipe: pipe.blpop("nothing", 0.3)))
+    await asyncio.sleep(0.05)  # the slow pipeline is in flight
+    later = []
+    for n in range(3):  # callers of three different turns
+        later.append(asyncio.ensure_future(coalescer.run(lambda pipe, n=n: pipe.incrby("n", n))))
+        await asyncio.sleep(0.01)
+    assert not any(task.done() for task in later)
+    assert await slow == [None]
+    assert sorted(await asyncio.gather(*later)) == [[0], [1], [3]]
+    assert len(made) == 2
+
+
+async def test_a_stalled_pipeline_holds_the_next_one_back_for_stall_only(client):
+    coalescer = Coalescer(client, stall=0.05)
+    made = counting(client)
+    slow = asyncio.ensure_future(coalescer.run(lambda pipe: pipe.blpop("nothing", 2)))
+    await asyncio.sleep(0.01)
+    assert await coalescer.run(lambda pipe: pipe.incr("n")) == [1]
+    assert not slow.done()
+    assert len(made) == 2
+    await client.lpush("nothing", "x")
+    assert await slow == [(b"nothing", b"x")]
+
+
 async def test_a_command_redis_refuses_fails_its_caller_alone(client):
     coalescer = Coalescer(client)
     await client.set("text", "not a number")

@@ -11,7 +11,7 @@ import pytest
 
 from loadtest.bench.systems import Ours, port_busy
 from loadtest.storm import report
-from loadtest.storm.drill import WS_ENV, Config, Drill
+from loadtest.storm.drill import Config, Drill
 
 pytestmark = [pytest.mark.topology, pytest.mark.timeout(240)]
 
@@ -25,7 +25,7 @@ CLIENTS, ROOMS, USERS = 400, 10, 20
 @pytest.fixture(scope="module")
 def ours(tmp_path_factory):
     """The topology with the benchmark's rate limits and nginx limits, on shifted ports."""
-    system = Ours(tmp_path_factory.mktemp("storm") / "ours", OFFSET, ws_env=WS_ENV)
+    system = Ours(tmp_path_factory.mktemp("storm") / "ours", OFFSET)
     busy = [p for p in system.ports() if port_busy(p)]
     if busy:
         pytest.fail(f"ports {busy} are taken (Ports().shifted({OFFSET}))", pytrace=False)

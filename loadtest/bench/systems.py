@@ -37,7 +37,13 @@ from deploy.processes.redis_nodes import RedisServer
 # generator that opens thousands of sockets from a few loopback addresses.
 NGINX_OVERRIDES = {"WORKER_CONNECTIONS": "16384", "CONN_LIMIT_PER_ADDR": "60000"}
 
+# The resume phases close sockets and reopen them once the server has settled, as a page
+# reload does; a user back within CHAT_LEAVE_GRACE is no news to the room (docs/protocol.md).
+# The grace covers the whole phase, however long the settling, so its handshakes are resumes
+# alone, as in a storm (whose users never left), not resumes plus a user_left and a
+# user_joined broadcast each.
 OURS_ENV = {
+    "CHAT_LEAVE_GRACE": "300",
     "CHAT_MESSAGE_RATE": "1000000/10",
     "WS_CONNECT_RATE": "1000000/60",
     "WS_FRAME_RATE": "1000000/10",

@@ -25,7 +25,7 @@ from loadtest.bench.generator import raise_nofile
 from loadtest.bench.systems import Ours, port_busy
 
 from . import report
-from .drill import WS_ENV, Config, Drill
+from .drill import Config, Drill
 
 SERVER_DRAIN_WINDOW = 10.0  # DRAIN_WINDOW's default (app/settings.py), when not overridden
 
@@ -101,7 +101,7 @@ def limits_from(args: argparse.Namespace) -> dict[str, float]:
 def run(config: Config, state: Path, offset: int, log=print) -> dict:
     """Start (or attach to) the topology, run the drill, stop what it started."""
     raise_nofile()
-    system = Ours(state, offset, ws_env=WS_ENV)
+    system = Ours(state, offset)
     started = False
     if not system.topology.running():
         busy = [p for p in system.ports() if port_busy(p)]

@@ -33,12 +33,6 @@ from loadtest.bench.systems import total_cpu_seconds
 from . import report, tracking
 from .worker import main as worker_main
 
-# The resume phase closes clients and reopens them seconds later, as a page reload does; a
-# user back within CHAT_LEAVE_GRACE is no news to the room (docs/protocol.md). The grace
-# covers the whole phase, so its handshakes are resumes alone, as in the storm (whose users
-# never left), not resumes plus a user_left and a user_joined broadcast each.
-WS_ENV = {"CHAT_LEAVE_GRACE": "300"}
-
 
 @dataclasses.dataclass
 class Config:

@@ -8,7 +8,9 @@ import http
 import pytest
 from websockets.asyncio.server import serve
 from websockets.exceptions import InvalidStatus
+from websockets.uri import parse_uri
 
+from loadtest.bench import wsclient
 from loadtest.bench.wsclient import Client
 
 
@@ -157,7 +159,6 @@ def test_nothing_reaches_the_caller_from_a_handshake_it_gave_up_on():
     import hashlib
 
     from websockets.client import ClientProtocol
-    from websockets.uri import parse_uri
 
     class Transport:
         aborted = False
@@ -188,3 +189,11 @@ def test_nothing_reaches_the_caller_from_a_handshake_it_gave_up_on():
 
     got, aborted = _run(main())
     assert got == [] and aborted
+
+
+@pytest.mark.parametrize("url", ["ws://127.0.0.1:8000/ws/chat/r1/?last_seq=5",
+                                 "ws://127.0.0.1:8000/ws/chat/r1/", "wss://h/a?b=1&c=2",
+                                 "ws://user:pw@h:1/a?", "ws://127.0.0.1:8000/ws/chat/r1/?last_seq=6"])
+def test_urls_parse_as_websockets_parses_them(url):
+    """The base of a URL is parsed once; each query is its own."""
+    assert wsclient._parsed(url) == parse_uri(url)

@@ -11,6 +11,8 @@ round 11).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 
 from websockets.client import ClientProtocol
 from websockets.extensions.permessage_deflate import enable_client_permessage_deflate
@@ -43,7 +45,7 @@ class Client(asyncio.Protocol):
                       local_addr: tuple[str, int] | None = None, on_message=None,
                       on_close=None) -> Client:
         """Open `url` with extra handshake `headers`; raise what the handshake raised."""
-        uri = parse_uri(url)
+        uri = _parsed(url)
         # The `websockets` client's own offer, as the generator made before (and browsers do).
         protocol = ClientProtocol(uri, extensions=enable_client_permessage_deflate(None),
                                   max_size=None)
@@ -175,3 +177,16 @@ class Client(asyncio.Protocol):
             await asyncio.wait_for(asyncio.shield(self.closed), timeout)
         except TimeoutError:
             self.abort()
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed_base(url: str):
+    return parse_uri(url)
+
+
+def _parsed(url: str):
+    """parse_uri(url), the part before the query parsed once per URL: a reconnect storm opens
+    the same few room URLs thousands of times, with only ?last_seq= different."""
+    base, mark, query = url.partition("?")
+    uri = _parsed_base(base)
+    return dataclasses.replace(uri, query=query) if mark else uri

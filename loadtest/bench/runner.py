@@ -17,6 +17,7 @@ The WebSocket processes are replaced after each scenario (cli.py).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from array import array
@@ -247,10 +248,8 @@ class Scenario:
         timeout = max(cfg.connect_timeout, count / every / 15)
         self.generator.park(every)
         settle(self.system, cfg.settle_timeout)  # the closes' work done before timing
-        recorder = self.start_profile("resume")
-        resume = self.generator.resume(cfg.concurrency, 30, timeout + 60)
-        if recorder is not None:
-            self.result["profile_resume"] = recorder.finish()
+        with self.profiled("resume"):
+            resume = self.generator.resume(cfg.concurrency, 30, timeout + 60)
         self.log(f"  resume: {resume['opened']}/{resume['chosen']} reopened with last_seq, "
                  f"{resume['failed']} failed {resume['errors'] or ''} in "
                  f"{resume['seconds']:.1f} s = {resume['rate'] or 0:.0f} resuming handshakes/s; "
@@ -263,15 +262,13 @@ class Scenario:
         warm_up(system, cookies[-1], f"warmup-{cfg.run_id}-{self.size}")
         settle(system, 10)
         base = system.rss_kib()
-        recorder = self.start_profile("connect")
-        # Bounded, but long enough for a slow system to fill a big room (>= 15 conn/s).
-        timeout = max(cfg.connect_timeout, len(specs) / 15)
-        connect = gen.connect(specs, cfg.concurrency, 30, 2, system.ready_marker, timeout + 60)
-        ready = gen.wait_ready(timeout)
-        connect["ready"] = ready["ready"]
-        connect["ready_seconds"] = max(ready["at"] - connect["start"], 0.0)
-        if recorder is not None:
-            self.result["profile_connect"] = recorder.finish()
+        with self.profiled("connect"):
+            # Bounded, but long enough for a slow system to fill a big room (>= 15 conn/s).
+            timeout = max(cfg.connect_timeout, len(specs) / 15)
+            connect = gen.connect(specs, cfg.concurrency, 30, 2, system.ready_marker, timeout + 60)
+            ready = gen.wait_ready(timeout)
+            connect["ready"] = ready["ready"]
+            connect["ready_seconds"] = max(ready["at"] - connect["start"], 0.0)
         self.log(f"  connect: {connect['opened']}/{len(specs)} open, {connect['failed']} failed "
                  f"{connect['errors'] or ''} in {connect['seconds']:.1f} s = "
                  f"{connect['rate']:.0f} handshakes/s; {ready['ready']} ready after "
@@ -378,6 +375,16 @@ class Scenario:
 
         return record(self.system.ws_pids(), self.config.profile_seconds,
                       self.config.out_dir / f"profile-ours-{self.size}-{what}")
+
+    @contextlib.contextmanager
+    def profiled(self, what: str):
+        """py-spy over the block when diagnosing ours; its summary as result["profile_<what>"]."""
+        recorder = self.start_profile(what)
+        try:
+            yield
+        finally:
+            if recorder is not None:
+                self.result[f"profile_{what}"] = recorder.finish()
 
     def profile_phase(self) -> None:
         """Send at the best step's rate while py-spy samples both WebSocket processes."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import json
 import multiprocessing
 import os
@@ -35,6 +36,17 @@ def raise_nofile() -> int:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def settle_heap() -> None:
+    """Collect, then freeze what the open sockets hold, so full collections pass it over.
+
+    A full collection scans every tracked object. With thousands of sockets open it held a
+    worker's loop so long that its clients read their frames and reconnected late, and the
+    figures were the generator's. Called between phases, when nothing is being timed.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 @dataclass
@@ -159,6 +171,7 @@ class Worker:
         if pending:
             errors["gave up (connect deadline)"] += len(pending)
             await asyncio.wait(pending, timeout=5)
+        settle_heap()
         return {
             "opened": len(done_at),
             "failed": len(specs) - len(done_at),
@@ -238,6 +251,7 @@ class Worker:
             if pending:
                 errors["gave up (resume deadline)"] += len(pending)
                 await asyncio.wait(pending, timeout=5)
+        settle_heap()
         return {"chosen": len(chosen), "opened": len(opened_at), "ready": len(ready_at),
                 "errors": dict(errors), "last_open": max(opened_at, default=None),
                 "last_ready": max(ready_at, default=None)}

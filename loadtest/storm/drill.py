@@ -319,6 +319,15 @@ def summarise(answers: list[dict], fault_at: float) -> dict:
             "failed": sum(failed.values()), "refusals": refused, "failures": failed,
             "resumes_per_s": tracking.rate_series(
                 [t for a in answers for t in a["resumed_at"]], fault_at),
+            # Where the time goes, from the fault: the drain's `reconnect` frame read, the
+            # wait after it (retry_after_ms and any lag of the generator), the first handshake
+            # begun, the first 101 (resume_end is the figures above).
+            "steps": {step: tracking.step_figures(
+                [s for a in answers for s in a.get(f"{step}_seconds", [])])
+                for step in ("told", "waited", "reopened", "upgraded")},
+            "generator_loop_lag_s": [a.get("loop_lag_s") for a in answers],
+            "resumed_on": dict(sum((Counter(a.get("resumed_on", {})) for a in answers),
+                                   Counter())),
         },
         "before_storm_handshakes": dict(earlier),
         "clients": sum(a["clients"] for a in answers),

@@ -65,6 +65,21 @@ def cpu_words(spent: dict | None) -> str:
             f"{_n(spent['capacity_per_s'])}/s on {spent['cores']} cores")
 
 
+def steps_words(steps: dict | None) -> str:
+    """Each step of the affected clients' way back: how many reached it, p50 and last."""
+    names = {"told": "`reconnect` read", "waited": "then waited",
+             "reopened": "handshake begun", "upgraded": "101"}
+    return "; ".join(f"{names[step]} {figures['count']} p50 {_s(figures['p50_s'])} last "
+                     f"{_s(figures['last_s'])}" for step, figures in (steps or {}).items()
+                     if figures["count"]) or "-"
+
+
+def lag_words(lags: list | None) -> str:
+    """The load generator's loop lag per worker process, p99/max in seconds."""
+    return ", ".join(f"{lag['p99']:.2f}/{lag['max']:.2f} s" for lag in lags or []
+                     if lag and lag.get("max") is not None) or "-"
+
+
 def summary(result: dict) -> str:
     """The console summary of one drill."""
     cfg, storm, fault = result["config"], result.get("storm", {}), result.get("fault", {})
@@ -85,6 +100,9 @@ def summary(result: dict) -> str:
         f"  resumed: {storm.get('resumed')}/{storm.get('affected')}; time from the fault to "
         f"resume_end p50 {_s(storm.get('p50_s'))}, p99 {_s(storm.get('p99_s'))}, last "
         f"{_s(storm.get('last_s'))}",
+        f"  on the way (from the fault): {steps_words(storm.get('steps'))}; resumed on "
+        f"{storm.get('resumed_on')}; the generator's event loops late by p99/max "
+        f"{lag_words(storm.get('generator_loop_lag_s'))}",
         f"  resumes/s during the storm: average {_n(rates.get('average'))}, peak "
         f"{_n(rates.get('peak'))} in one second",
         f"  storm handshakes: {storm.get('handshakes')}; refused {storm.get('refused')} "

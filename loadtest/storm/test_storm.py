@@ -149,6 +149,27 @@ def test_summary_merges_workers_and_counts_clients_that_never_resumed():
     assert result["before_storm_handshakes"] == {"ok": 200}
 
 
+def test_summary_times_each_step_of_the_way_back_and_where_clients_landed():
+    """Step times merge over workers; a step no client reached (a kill's `reconnect`) is empty."""
+    answers = [worker_answer(told_seconds=[1.0], waited_seconds=[2.0], reopened_seconds=[3.0],
+                             upgraded_seconds=[4.0], resumed_on={"h:2": 2},
+                             loop_lag_s={"p50": 0.0, "p99": 0.1, "max": 0.5}),
+               worker_answer(told_seconds=[5.0], waited_seconds=[1.0], reopened_seconds=[6.0],
+                             upgraded_seconds=[9.0], resumed_on={"h:2": 1, "h:1": 1})]
+    storm = summarise(answers, 100.0)["storm"]
+    assert storm["steps"]["told"] == {"count": 2, "p50_s": 1.0, "p99_s": 5.0, "last_s": 5.0}
+    assert storm["steps"]["upgraded"]["last_s"] == 9.0
+    assert storm["resumed_on"] == {"h:2": 3, "h:1": 1}
+    assert storm["generator_loop_lag_s"][0]["max"] == 0.5
+    text = report.summary(full_result(**storm))
+    assert "`reconnect` read 2 p50 1.00 s last 5.00 s; then waited 2" in text
+    assert "101 2 p50 4.00 s last 9.00 s" in text
+    assert "late by p99/max 0.10/0.50 s" in text
+    kill = summarise([worker_answer(reopened_seconds=[3.0])], 100.0)["storm"]
+    assert kill["steps"]["told"]["count"] == 0
+    assert report.steps_words(kill["steps"]) == "handshake begun 1 p50 3.00 s last 3.00 s"
+
+
 def full_result(**storm) -> dict:
     result = {"config": {"mode": "kill", "clients": 100, "users": 10, "rate": 0.5,
                          "concurrency": 20},

@@ -131,9 +131,15 @@ def rate_series(times: list[float], start: float) -> dict[str, float | None]:
             "peak": float(max(per_second.values()))}
 
 
-def resume_figures(seconds: list[float], affected: int) -> dict:
-    """p50, p99 and last of the resume times of the affected clients; how many never resumed."""
-    return {"affected": affected, "resumed": len(seconds),
-            "not_resumed": affected - len(seconds),
+def step_figures(seconds: list[float]) -> dict:
+    """How many clients reached a step, and p50, p99 and last of their times to it."""
+    return {"count": len(seconds),
             "p50_s": percentile(seconds, 50), "p99_s": percentile(seconds, 99),
             "last_s": max(seconds) if seconds else None}
+
+
+def resume_figures(seconds: list[float], affected: int) -> dict:
+    """p50, p99 and last of the resume times of the affected clients; how many never resumed."""
+    figures = step_figures(seconds)
+    return {"affected": affected, "resumed": figures.pop("count"),
+            "not_resumed": affected - len(seconds), **figures}

@@ -16,10 +16,10 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from loadtest.bench.generator import Spec, Worker, raise_nofile
+from loadtest.bench.generator import Spec, Worker, raise_nofile, settle_heap
 from loadtest.bench.wsclient import Client
 
-from .tracking import SeqTrack, outcome_of, reconnect_delay
+from .tracking import SeqTrack, outcome_of, percentile, reconnect_delay
 
 LOG_ENTRIES = 12
 SEQ_EVENTS = frozenset({"message", "message_edited", "message_deleted", "reaction"})
@@ -43,6 +43,9 @@ class StormClient:
     fault_generation: int = 0
     lost_socket: bool = False  # a connection ended after the fault (not on purpose)
     resumed_at: float | None = None
+    told_at: float | None = None  # when it read a drain's `reconnect` frame after the fault
+    reopened_at: float | None = None  # its first handshake after the fault began
+    upgraded_at: float | None = None  # the first 101 after the fault
     task: asyncio.Task | None = None
     token: object = None  # identifies the current connection to its frame callback
     resumed_from: int | None = None  # the last_seq of the current connection
@@ -83,6 +86,10 @@ class StormWorker(Worker):
         # orchestrator polls it several times a second, and a pass over every client per poll
         # took CPU from the servers being measured.
         self.resumed = 0
+        # How late this process's event loop ran after the fault: a generator that lags
+        # delays its clients' reconnects, and the drill would time itself, not the servers.
+        self.lags: list[float] = []
+        self.lag_task: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ connecting
     async def cmd_start(self, specs: list[Spec], concurrency: int,
@@ -96,6 +103,7 @@ class StormWorker(Worker):
             client.task = asyncio.create_task(self._life(client))
         await self._until(lambda: all(c.generation for c in self.clients.values()), deadline)
         self.gate = None
+        settle_heap()
         return {"synced": sum(1 for c in self.clients.values() if c.generation),
                 "times": self.synced_at["fresh"]}
 
@@ -125,6 +133,7 @@ class StormWorker(Worker):
                           deadline)
         self.gate = None
         self.phase = "steady"
+        settle_heap()
         return {"chosen": len(chosen),
                 "resumed": sum(1 for c in chosen if c.generation > marks[c.spec.cid]),
                 "times": self.synced_at["resume"]}
@@ -170,6 +179,8 @@ class StormWorker(Worker):
         gate = self.gate or contextlib.nullcontext()
         async with gate:
             client.note(f"open last_seq={position}")
+            if client.affected and client.reopened_at is None:
+                client.reopened_at = time.time()
             try:
                 client.ws = await Client.connect(
                     url, spec.headers, self.handshake_timeout,
@@ -182,6 +193,8 @@ class StormWorker(Worker):
                 client.ws = None
                 return None, False
             ws = client.ws
+            if client.affected and client.upgraded_at is None:
+                client.upgraded_at = time.time()
             await asyncio.wait([client.synced, ws.closed], timeout=self.handshake_timeout,
                                return_when=asyncio.FIRST_COMPLETED)
         if not client.synced.done():
@@ -250,6 +263,8 @@ class StormWorker(Worker):
                 client.synced.set_result("resume")
         elif kind == "reconnect":
             client.drain = frame
+            if client.affected and client.told_at is None:
+                client.told_at = time.time()
             if not client.leave.done():
                 client.leave.set_result(None)
         elif kind == "error":
@@ -298,7 +313,15 @@ class StormWorker(Worker):
                 client.affected = True
                 client.fault_generation = client.generation
                 marked += 1
+        self.lag_task = asyncio.create_task(self._watch_lag())
         return {"affected": marked}
+
+    async def _watch_lag(self, tick: float = 0.1) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + tick
+            await asyncio.sleep(tick)
+            self.lags.append(loop.time() - due)
 
     async def cmd_status(self) -> dict:
         """What the orchestrator polls while waiting: affected clients resumed so far."""
@@ -345,6 +368,18 @@ class StormWorker(Worker):
                                if c.affected and c.resumed_at is not None],
             "resumed_at": [c.resumed_at for c in clients
                            if c.affected and c.resumed_at is not None],
+            "told_seconds": [c.told_at - fault for c in clients
+                             if c.affected and c.told_at is not None],
+            "waited_seconds": [c.reopened_at - c.told_at for c in clients if c.affected
+                               and c.told_at is not None and c.reopened_at is not None],
+            "reopened_seconds": [c.reopened_at - fault for c in clients
+                                 if c.affected and c.reopened_at is not None],
+            "upgraded_seconds": [c.upgraded_at - fault for c in clients
+                                 if c.affected and c.upgraded_at is not None],
+            "resumed_on": dict(collections.Counter(
+                c.node for c in clients if c.affected and c.resumed_at is not None)),
+            "loop_lag_s": {"p50": percentile(self.lags, 50), "p99": percentile(self.lags, 99),
+                           "max": max(self.lags, default=None)},
             "outcomes": {phase: dict(counter) for phase, counter in self.outcomes.items()},
             "errors": dict(self.errors),
             "lost": lost, "lost_clients": lost_clients, "lost_samples": samples,
@@ -366,6 +401,8 @@ class StormWorker(Worker):
     async def close_all(self, timeout: float) -> None:
         """Stop sending and reconnecting, close the sockets (bounded), forget the clients."""
         self.stopping = True
+        if self.lag_task is not None:
+            self.lag_task.cancel()
         await self.cmd_quiet()
         clients, self.clients = list(self.clients.values()), {}
         for client in clients:

@@ -5,6 +5,7 @@ import contextlib
 import logging
 import socket
 
+import pytest
 import uvicorn
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -267,3 +268,33 @@ async def test_an_accepted_socket_logs_nothing_and_an_application_error_still_do
     assert not [r for r in lines if "[accepted]" in r.getMessage()
                 or r.getMessage() in ("connection open", "connection closed")]
     assert [r for r in lines if "Exception in ASGI application" in r.getMessage()]
+
+
+async def test_a_draining_process_refuses_upgrades_with_403_before_the_application():
+    """nginx then tries the next process; nothing reaches the application, a refusal is counted."""
+    from app.realtime.consumers.registry import registry
+    from app.realtime.ops import metrics
+
+    called = []
+
+    async def app(scope, receive, send):
+        called.append(scope["type"])
+        await echo_app(scope, receive, send)
+
+    refused = metrics.WS_REFUSED.labels("any", "draining")
+    before = refused._value.get()
+    async with serve(app) as (server, url):
+        registry.draining = True
+        try:
+            for _ in range(2):
+                with pytest.raises(InvalidStatus) as answer:
+                    async with connect(url + "/room"):
+                        pass
+                assert answer.value.response.status_code == 403
+        finally:
+            registry.draining = False
+        assert called == [] and refused._value.get() == before + 2
+        assert not server.server_state.connections
+        async with connect(url + "/room") as client:  # the flag is read per upgrade
+            await client.send("hi")
+            assert await client.recv() == "echo:hi"

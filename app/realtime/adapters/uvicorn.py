@@ -6,12 +6,14 @@ Relied on, from `uvicorn.protocols.websockets.websockets_sansio_impl.WebSocketsS
 (which sets `ping_timer`), and the attributes `conn` (websockets' ServerProtocol), `scope`,
 `request`, `response`, `queue` (put_nowait, empty), `writable` (set, clear, is_set, wait),
 `read_paused`, `close_sent`, `close_timer`, `handshake_complete`, `disconnected` and
-`transport`; its `data_received`, `handle_parser_exception` (called once the websockets parser
-has failed), `pause_writing` and `resume_writing`; that `handle_close` and `connection_lost`
-cancel `close_timer` and `run_asgi` leaves the transport open while it is set; that `send`
-waits on `writable` only after the handshake; and that its `send` sends every message whole
-(never a fragment), so no fragmented message is ever in progress on its connections; and
-`logger`, the logger of its per-connection lines.
+`transport`; that uvicorn's HTTP protocol calls only the constructor, `connection_made`
+and `data_received` of a new protocol before handing it the transport (a draining
+process's refusal builds nothing else); its `data_received`, `handle_parser_exception`
+(called once the websockets parser has failed), `pause_writing` and `resume_writing`; that
+`handle_close` and `connection_lost` cancel `close_timer` and `run_asgi` leaves the transport
+open while it is set; that `send` waits on `writable` only after the handshake; and that its
+`send` sends every message whole (never a fragment), so no fragmented message is ever in
+progress on its connections; and `logger`, the logger of its per-connection lines.
 
 Each socket logged INFO lines through `uvicorn.error` (uvicorn's `"WebSocket /ws/..."
 [accepted]`, websockets' "connection open" and "connection closed"), a noticeable part of a
@@ -31,6 +33,8 @@ from websockets.protocol import OPEN
 
 from app.realtime.adapters import websockets as websockets_adapter
 from app.realtime.consumers.delivery import DIRECT_SOCKET, WaitQueue
+from app.realtime.consumers.registry import registry
+from app.realtime.ops import metrics
 from app.realtime.server.held import HeldWrites
 from app.realtime.server.limits import SLOW_CLIENT, SocketLimits
 from app.realtime.server.lingering import CloseFrameWatch
@@ -40,6 +44,9 @@ PACKAGE = "uvicorn"
 SUPPORTED = ">=0.54,<0.55"
 # What a send to a socket the client has already closed raises.
 CLIENT_GONE = (ClientDisconnected,)
+# A draining process's answer to an upgrade: the 403 uvicorn sends when the application
+# refuses before accepting (app/realtime/ops/lifecycle.py), without its optional headers.
+DRAINING_REFUSAL = b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
 class WarningsOnly(logging.LoggerAdapter):
@@ -122,6 +129,17 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
     _last_frame: tuple[str | None, bytes] = (None, b"")
 
     def __init__(self, *args, **kwargs):
+        # While the process drains, the upgrade is refused in connection_made and nothing of
+        # a WebSocket is built for it: in a drain every client of the process comes back
+        # through nginx, which tries this process before the next one, and the parse, the
+        # protocol and the application's own refusal took the CPU the drain itself needed.
+        self.refused = registry.draining
+        if self.refused:
+            self.transport = None
+            self.writable = Flag()  # what the transport's flow control calls touch
+            self.slow_timer = self.backlog = None
+            self.close_sent = True
+            return
         super().__init__(*args, **kwargs)
         self.logger = SOCKET_LOG
         self.request = None
@@ -237,7 +255,16 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
 
     # ------------------------------------------------------------------ the slow-client rule
     def connection_made(self, transport) -> None:
-        """Take over the upgraded connection, pausing writes past the send buffer limit."""
+        """Take over the upgraded connection, pausing writes past the send buffer limit.
+
+        While draining, answer the 403 at once instead (nginx tries the next process).
+        """
+        if self.refused:
+            self.transport = transport
+            metrics.WS_REFUSED.labels("any", "draining").inc()
+            transport.write(DRAINING_REFUSAL)
+            transport.close()
+            return
         super().connection_made(transport)
         transport.set_write_buffer_limits(high=self.limits.send_buffer_bytes)
 
@@ -299,6 +326,8 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def connection_lost(self, exc) -> None:
         """The connection is gone: nothing more to time or to write."""
+        if self.refused:
+            return
         if self.slow_timer is not None:
             self.slow_timer.cancel()
             self.slow_timer = None
@@ -363,6 +392,8 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def data_received(self, data: bytes) -> None:
         """Frames for websockets' parser; after a 1009, bytes for the lingering close to discard."""
+        if self.refused:
+            return
         self.heard = True
         if self.linger is None:
             super().data_received(data)

@@ -43,6 +43,7 @@ class StormClient:
     fault_generation: int = 0
     lost_socket: bool = False  # a connection ended after the fault (not on purpose)
     resumed_at: float | None = None
+    resumed_on: str = ""  # the node that served that resume
     told_at: float | None = None  # when it read a drain's `reconnect` frame after the fault
     reopened_at: float | None = None  # its first handshake after the fault began
     upgraded_at: float | None = None  # the first 101 after the fault
@@ -212,7 +213,7 @@ class StormWorker(Worker):
         self.synced_at[phase].append(now)
         if (client.affected and client.resumed_at is None
                 and client.generation > client.fault_generation):
-            client.resumed_at = now
+            client.resumed_at, client.resumed_on = now, client.node
             self.resumed += 1
         await asyncio.wait([ws.closed, client.leave], return_when=asyncio.FIRST_COMPLETED)
         client.note(f"closed {ws.closed.result() if ws.closed.done() else 'on reconnect'}"
@@ -377,7 +378,7 @@ class StormWorker(Worker):
             "upgraded_seconds": [c.upgraded_at - fault for c in clients
                                  if c.affected and c.upgraded_at is not None],
             "resumed_on": dict(collections.Counter(
-                c.node for c in clients if c.affected and c.resumed_at is not None)),
+                c.resumed_on for c in clients if c.affected and c.resumed_at is not None)),
             "loop_lag_s": {"p50": percentile(self.lags, 50), "p99": percentile(self.lags, 99),
                            "max": max(self.lags, default=None)},
             "outcomes": {phase: dict(counter) for phase, counter in self.outcomes.items()},

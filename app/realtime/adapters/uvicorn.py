@@ -34,7 +34,6 @@ from websockets.protocol import OPEN
 from app.realtime.adapters import websockets as websockets_adapter
 from app.realtime.consumers.delivery import DIRECT_SOCKET, WaitQueue
 from app.realtime.consumers.registry import registry
-from app.realtime.ops import metrics
 from app.realtime.server.held import HeldWrites
 from app.realtime.server.limits import SLOW_CLIENT, SocketLimits
 from app.realtime.server.lingering import CloseFrameWatch
@@ -261,7 +260,7 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
         """
         if self.refused:
             self.transport = transport
-            metrics.WS_REFUSED.labels("any", "draining").inc()
+            registry.count_refusal()
             transport.write(DRAINING_REFUSAL)
             transport.close()
             return

@@ -40,6 +40,10 @@ class Registry:
         self._slots: asyncio.Semaphore | None = None
         self._slots_loop: asyncio.AbstractEventLoop | None = None
 
+    def count_refusal(self) -> None:
+        """Count one handshake refused because this process drains (by either refusal path)."""
+        metrics.WS_REFUSED.labels("any", "draining").inc()
+
     def connect_slots(self) -> asyncio.Semaphore:
         """The semaphore that bounds the handshakes this process works on at once.
 

@@ -57,7 +57,7 @@ class ProcessServices:
             # Refusing before accept makes daphne answer 403, which nginx's
             # proxy_next_upstream turns into a handshake on the next WebSocket process.
             await receive()
-            metrics.WS_REFUSED.labels("any", "draining").inc()
+            registry.count_refusal()
             await send({"type": "websocket.close", "code": 1012})
             return
         await self.application(scope, receive, send)

@@ -80,10 +80,16 @@ rehearse-rollout: venv ## Drain and replace each WebSocket process mid-soak (the
 # The reconnect-storm drill: how many clients, and whether one WebSocket process is killed or drained.
 CLIENTS ?= 10000
 MODE ?= kill
+# The handshake ladder: sockets opened per phase against each rung.
+SOCKETS ?= 3000
 
 .PHONY: rehearse-storm
 rehearse-storm: venv system-deps ## Kill -9 (or drain) one WebSocket process under N clients; prints resume p50/p99/last, refused, lost (CLIENTS=, MODE=kill|drain)
 	$(PY) -m loadtest.storm --clients $(CLIENTS) --mode $(MODE)
+
+.PHONY: bench-ladder
+bench-ladder: venv system-deps ## A WebSocket process's CPU per handshake, bare uvicorn up to the full chat join, fresh and resuming (SOCKETS=)
+	$(PY) -m loadtest.ladder --sockets $(SOCKETS)
 
 # The fan-out benchmark: room sizes; DIAGNOSE=1 adds /proc counters and py-spy (not in the document).
 SIZES ?= 100,1000,5000

@@ -1,15 +1,18 @@
 """The reconnect-storm drill at a size CI affords: a few hundred clients, one WebSocket process
 killed (`kill -9`) or drained, every affected client resumed, nothing lost or duplicated.
 
-The figures are printed (run with -s); `make rehearse-storm` runs the full-size drill.
+The figures are printed (run with -s); `make rehearse-storm` runs the full-size drill. The
+handshake ladder (`make bench-ladder`) runs here too, at CI size, on the same topology.
 """
 
+import asyncio
 import os
 import time
 
 import pytest
 
 from loadtest.bench.systems import Ours, port_busy
+from loadtest.ladder import climb as ladder
 from loadtest.storm import report
 from loadtest.storm.drill import Config, Drill
 
@@ -71,3 +74,20 @@ def test_drain_storm_every_client_resumes_within_the_window_and_nothing_is_lost(
     """Drain one process over 4 s: its clients leave on `reconnect`, all resume, none lost."""
     result = drill(ours, "drain", drain_window=4.0)
     assert_nothing_lost_and_everyone_back(result, within=4.0 + 3 + 20)
+
+
+def test_the_handshake_ladder_serves_every_rung_and_the_chat_costs_most(ours):
+    """`make bench-ladder` at CI size, on this topology: each rung's process serves every fresh
+    join and every resume, and the full chat join costs its server more than the bare one."""
+    args = ladder.parse(["--sockets", "200", "--rooms", "10", "--rounds", "1", "--pause", "0.2"])
+    started = ladder.start_rungs(ours, args.rungs, ours.topology.state / "ladder")
+    try:
+        results = asyncio.run(ladder.climb(args, ours, started, ours.cookies(USERS)))
+    finally:
+        ladder.stop_rungs(started)
+    print("\n" + ladder.summary(results))
+    assert set(results) == set(ladder.RUNGS)
+    for rung, (figures,) in results.items():
+        for phase in ("fresh", "resume"):
+            assert figures[phase]["failed"] == 0 and figures[phase]["handshakes"] == 200, rung
+    assert results["full"][0]["resume"]["server_ms"] > results["bare"][0]["resume"]["server_ms"]

@@ -1,0 +1,5 @@
+import sys
+
+from .climb import main
+
+sys.exit(main())

@@ -175,10 +175,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def start_rungs(system: Ours, rungs: list[str], logs: Path) -> dict[str, tuple]:
-    """One WebSocket process per rung on free ports after the topology's: {rung: (popen, port)}."""
+    """One WebSocket process per rung on free ports beside the topology's: {rung: (popen, port)}."""
     topology = system.topology
     env = {**topology.app_env(), "BIND": "127.0.0.1", "CHANFLEET_ROLE": "ws", **topology.ws_env}
-    port = max(system.ports()) + 100
+    # Below the kernel's ephemeral ports, where an outgoing connection could hold one, and
+    # clear of every plan's ports (the tests shift plans by multiples of 500).
+    port = topology.ports.nginx + 300
     started = {}
     logs.mkdir(parents=True, exist_ok=True)
     for rung in rungs:

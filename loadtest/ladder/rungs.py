@@ -43,6 +43,8 @@ async def bare(scope, receive, send) -> None:
 
 def websocket_app(rung: str):
     """The ASGI application of a rung's WebSocket scopes (None: the full rung's own)."""
+    # Imported here: they need Django's apps loaded, which `application` does first.
+    from channels.routing import URLRouter
     from django.urls import re_path
 
     from app.realtime.consumers.base import RealtimeConsumer
@@ -57,8 +59,6 @@ def websocket_app(rung: str):
         async def connect(self):
             await self.accept()
             await self.send_frame(end_frame(self.scope.get("query_string", b"")))
-
-    from channels.routing import URLRouter
 
     if rung == "bare":
         return bare

@@ -15,6 +15,7 @@ scenario's memory figure starts from a clean heap), `ws_pids()`, `cookies(n)`, `
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -253,6 +254,26 @@ class Ours(System):
             return json.loads(result.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
             return {"error": (result.stdout + result.stderr)[-500:]}
+
+
+@contextlib.contextmanager
+def ours_running(state: Path, offset: int, log=print):
+    """`Ours` on `Ports().shifted(offset)`: the topology running in `state` as it is, else
+    started here (refused when its ports are taken) and stopped when the block ends."""
+    system = Ours(state, offset)
+    if system.topology.running():
+        log(f"using the topology running in {system.topology.state}")
+        yield system
+        return
+    busy = [p for p in system.ports() if port_busy(p)]
+    if busy:
+        raise SystemExit(f"ports taken: {busy}; pick another --port-offset")
+    log(f"starting the topology in {system.topology.state} (nginx on {system.nginx_port})")
+    system.start()
+    try:
+        yield system
+    finally:
+        system.stop()
 
 
 # Run inside `manage.py shell` with the topology's environment: the same session engine,

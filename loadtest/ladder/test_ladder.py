@@ -50,26 +50,34 @@ def test_an_unknown_rung_is_refused():
 
 
 def test_a_phase_reports_cpu_per_handshake_and_what_the_cores_would_serve():
-    phase = climb.Phase(handshakes=1000, seconds=2.0, server_cpu=1.25, client_cpu=0.5,
-                        redis_cpu=0.25, failed=3, cores=2)
-    assert phase.figures() == {"handshakes": 1000, "failed": 3, "per_s": 500, "server_ms": 1.25,
-                               "client_ms": 0.5, "redis_ms": 0.25, "cores_would_serve_per_s": 1000}
+    figures = climb.phase_figures(1000, 3, 2.0, {"ws": 10.0, "clients": 5.0, "redis": 1.0},
+                                  {"ws": 11.25, "clients": 5.5, "redis": 1.25})
+    cpu = figures.pop("cpu_ms")
+    assert figures == {"handshakes": 1000, "failed": 3, "per_s": 500}
+    assert (cpu["ws"], cpu["clients"], cpu["redis"], cpu["all"]) == (1.25, 0.5, 0.25, 2.0)
+    assert cpu["capacity_per_s"] == cpu["cores"] * 500
+    assert "ws 1.25, redis 0.25, clients 0.50" in climb.words({**figures, "cpu_ms": cpu})
 
 
 def test_the_summary_is_each_rungs_median_over_rounds():
     def figures(per_s, failed=0):
-        return {"per_s": per_s, "server_ms": per_s / 100, "client_ms": 1.0, "redis_ms": 0.25,
-                "cores_would_serve_per_s": None, "failed": failed, "handshakes": 10}
+        return {"per_s": per_s, "failed": failed, "handshakes": 10,
+                "cpu_ms": {"ws": per_s / 100, "clients": 1.0, "redis": 0.25,
+                           "capacity_per_s": None}}
     table = climb.summary({"bare": [{"fresh": figures(100), "resume": figures(300)},
                                     {"fresh": figures(200, 2), "resume": figures(500)}]})
     assert "| bare | fresh | 150 | 1.50, 1.00, 0.25 | - | 2 |" in table
     assert "| bare | resume | 400 | 4.00, 1.00, 0.25 | - | 0 |" in table
 
 
-def test_sockets_give_each_room_position_its_own_user():
-    """nginx is not in the way here, but the chat still counts a user once per room."""
-    made = climb.sockets_for(9000, "t", 6, 2, lambda cookie: [("Cookie", cookie)],
-                             ["a", "b", "c", "d"])
-    assert [s.url.rsplit("/", 2)[-2] for s in made] == ["ladder-t-0"] * 3 + ["ladder-t-1"] * 3
+def test_sockets_give_each_room_position_its_own_user_and_all_resume():
+    """nginx is not in the way here, but the chat still counts a user once per room; no
+    socket is a sender, which the generator would not park and resume."""
+    made = climb.specs_for(9000, "t", 6, 2, lambda cookie: [("Cookie", cookie)],
+                           ["a", "b", "c", "d"], 2)
+    assert [s.url.rsplit("/", 2)[-2] for s in made] == (["storm-ladder-t-0"] * 3
+                                                         + ["storm-ladder-t-1"] * 3)
+    assert all(s.url.startswith("ws://127.0.0.1:9000/ws/chat/") for s in made)
     assert [s.headers[0][1] for s in made] == ["a", "b", "c", "b", "c", "d"]
     assert len({s.local_host for s in made}) == 6
+    assert not any(s.sender for s in made)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from deploy.local.topology import REPO
 from loadtest.bench.generator import raise_nofile
-from loadtest.bench.systems import Ours, port_busy
+from loadtest.bench.systems import ours_running
 
 from . import report
 from .drill import Config, Drill
@@ -101,24 +101,8 @@ def limits_from(args: argparse.Namespace) -> dict[str, float]:
 def run(config: Config, state: Path, offset: int, log=print) -> dict:
     """Start (or attach to) the topology, run the drill, stop what it started."""
     raise_nofile()
-    system = Ours(state, offset)
-    started = False
-    if not system.topology.running():
-        busy = [p for p in system.ports() if port_busy(p)]
-        if busy:
-            raise SystemExit(f"ports taken: {busy}; pick another --port-offset")
-        log(f"[storm] starting the topology in {system.topology.state} "
-            f"(nginx on {system.topology.ports.nginx})")
-        system.start()
-        started = True
-    else:
-        log(f"[storm] using the topology running in {system.topology.state}")
-    try:
-        result = Drill(config, system, log).run()
-    finally:
-        if started:
-            system.stop()
-    return result
+    with ours_running(state, offset, lambda line: log(f"[storm] {line}")) as system:
+        return Drill(config, system, log).run()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,7 +60,8 @@ def cpu_words(spent: dict | None) -> str:
     """A phase's CPU per handshake by part, and the rate this machine's cores could serve."""
     if not spent:
         return "CPU per handshake: not measured"
-    parts = ", ".join(f"{part} {spent[part]:.2f}" for part in ("ws", "nginx", "redis", "clients"))
+    parts = ", ".join(f"{part} {spent[part]:.2f}" for part in ("ws", "nginx", "redis", "clients")
+                      if part in spent)
     return (f"CPU ms per handshake: {parts}; all {spent['all']:.2f}, so at most "
             f"{_n(spent['capacity_per_s'])}/s on {spent['cores']} cores")
 

@@ -291,6 +291,8 @@ async def test_a_draining_process_refuses_upgrades_with_403_before_the_applicati
                     async with connect(url + "/room"):
                         pass
                 assert answer.value.response.status_code == 403
+                assert answer.value.response.headers.get("connection") == "close"
+                assert not answer.value.response.body
         finally:
             registry.draining = False
         assert called == [] and refused._value.get() == before + 2

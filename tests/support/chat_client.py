@@ -143,6 +143,8 @@ class ChatClient:
                 elif kind == "reconnect":
                     connection.asked_to_reconnect = True
                     delay = frame["retry_after_ms"] / 1000
+                elif kind == "error":
+                    pass  # an answer, kept in frames; `broadcast_failed` names a seq it is not
                 elif "seq" in frame and not frame.get("history"):
                     self._record(frame)
         except websockets.ConnectionClosed:

@@ -48,7 +48,7 @@ class Sender:
         self.task = None
 
     def acked(self) -> dict[str, float]:
-        """client_id -> time its broadcast (or broadcast_failed) reached the sender."""
+        """client_id -> when its broadcast reached the sender (live, gap fill or resume)."""
         return {f["client_id"]: f["_at"] for f in self.chat.events.values()
                 if f.get("client_id") in self.sent}
 

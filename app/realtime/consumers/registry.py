@@ -183,8 +183,11 @@ class Registry:
             frame["last_seq"] = position
         try:
             await consumer.send_frame(frame)
-        except Exception:
-            logger.exception("drain of one consumer failed")
+        except Exception as error:
+            if isinstance(error, client_gone()):
+                logger.debug("drain: %s left before its reconnect frame", consumer)
+            else:
+                logger.exception("drain of one consumer failed")
             return
         metrics.DRAIN_RECONNECTS.inc()
         closing = asyncio.ensure_future(self._close_after_grace(consumer))
@@ -197,8 +200,20 @@ class Registry:
             return  # the client left first, as it may on `reconnect`
         try:
             await consumer.close(code=1012, reason="service restart")
-        except Exception:
-            logger.exception("drain of one consumer failed")
+        except Exception as error:
+            if isinstance(error, client_gone()):
+                # The page closes its side on `reconnect`; its disconnect is still on the way.
+                logger.debug("drain: %s left before its close", consumer)
+            else:
+                logger.exception("drain of one consumer failed")
+
+
+def client_gone() -> tuple[type[BaseException], ...]:
+    """What a send to a socket whose client already closed raises."""
+    # Imported here: the uvicorn adapter imports this module's registry.
+    from app.realtime.adapters import uvicorn as uvicorn_adapter
+
+    return uvicorn_adapter.CLIENT_GONE
 
 
 registry = Registry()

@@ -1,6 +1,7 @@
 """The process heartbeat: every socket once per interval, in small portions, never all at once."""
 
 import asyncio
+import collections
 import time
 
 from app.realtime.consumers.registry import WHEEL_SLOTS, Registry
@@ -137,3 +138,26 @@ async def test_a_drain_on_a_busy_loop_still_ends_within_its_window(settings):
     asking_turns = sum(t <= asked[-1][0] for t in turns)
     assert asking_turns <= window_turns + 3 < len(consumers) / 4
     assert {consumer.closed for consumer in consumers} == {1012}
+
+
+class LeftFirst(Leaving):
+    """A stand-in consumer whose client closed on `reconnect`, before the server's close."""
+
+    async def close(self, code=None, reason=None):
+        from uvicorn.protocols.utils import ClientDisconnected
+
+        raise ClientDisconnected()  # what uvicorn's send does once the client has gone
+
+
+async def test_a_client_that_left_before_its_drain_close_is_no_error(settings, caplog):
+    """The page closes its side on `reconnect`: the drain's 1012 then finds it gone, quietly."""
+    settings.DRAIN_CLOSE_GRACE = 0.01
+    registry, asked = Registry(), []
+    registry.ensure_heartbeat = lambda: None
+    registry.consumers.update([LeftFirst(registry, asked), Leaving(registry, asked)])
+    with caplog.at_level("DEBUG", logger="app.realtime.consumers.registry"):
+        assert await registry.drain(window=0.05, retry_max_ms=0) == 2
+    assert len(asked) == 2
+    levels = collections.Counter(r.levelname for r in caplog.records)
+    assert levels == {"INFO": 2, "DEBUG": 1}, caplog.text
+    assert "left before its close" in caplog.text

@@ -250,9 +250,14 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         metrics.WS_CONNECTIONS.labels(self.route).inc()
 
     async def close(self, code=None, reason=None):
-        """Close the socket from the server side."""
+        """Close the socket from the server side (already done if the client has gone)."""
         self.closing = True
-        await super().close(code=code, reason=reason)
+        try:
+            await super().close(code=code, reason=reason)
+        except uvicorn_adapter.CLIENT_GONE:
+            # The client closed first (a page leaves at once on `reconnect`); its disconnect
+            # event, already on its way, cleans up.
+            logger.debug("close of %s: the client left before its close", self.channel_name)
 
     async def refuse(self, code: int, reason: str) -> None:
         """Refuse a handshake with a close code (accept first, so the client sees the code)."""

@@ -141,23 +141,44 @@ async def test_a_drain_on_a_busy_loop_still_ends_within_its_window(settings):
 
 
 class LeftFirst(Leaving):
-    """A stand-in consumer whose client closed on `reconnect`, before the server's close."""
+    """A stand-in consumer whose client closed before the drain reached it."""
 
-    async def close(self, code=None, reason=None):
+    async def send_frame(self, frame):
         from uvicorn.protocols.utils import ClientDisconnected
 
         raise ClientDisconnected()  # what uvicorn's send does once the client has gone
 
 
-async def test_a_client_that_left_before_its_drain_close_is_no_error(settings, caplog):
-    """The page closes its side on `reconnect`: the drain's 1012 then finds it gone, quietly."""
+async def test_a_client_that_left_before_its_reconnect_frame_is_no_error(settings, caplog):
+    """A drain that finds a client gone moves on quietly to the next one."""
     settings.DRAIN_CLOSE_GRACE = 0.01
     registry, asked = Registry(), []
     registry.ensure_heartbeat = lambda: None
     registry.consumers.update([LeftFirst(registry, asked), Leaving(registry, asked)])
     with caplog.at_level("DEBUG", logger="app.realtime.consumers.registry"):
         assert await registry.drain(window=0.05, retry_max_ms=0) == 2
-    assert len(asked) == 2
+    assert len(asked) == 1
     levels = collections.Counter(r.levelname for r in caplog.records)
     assert levels == {"INFO": 2, "DEBUG": 1}, caplog.text
+    assert "left before its reconnect frame" in caplog.text
+
+
+async def test_closing_a_socket_whose_client_left_is_no_error(caplog):
+    """The page closes its side on `reconnect`: the drain's 1012 then finds it gone, quietly
+    (and so does a heartbeat's close of an idle socket)."""
+    from uvicorn.protocols.utils import ClientDisconnected
+
+    from app.realtime.consumers.base import RealtimeConsumer
+
+    async def closed_send(message):
+        raise ClientDisconnected()  # what uvicorn's send does once the client has gone
+
+    consumer = RealtimeConsumer()
+    consumer.channel_name = "test.gone!2"
+    consumer.base_send = closed_send
+    with caplog.at_level("DEBUG", logger="app.realtime.consumers.base"):
+        await consumer.close(code=1012, reason="service restart")
+    assert consumer.closing
+    levels = collections.Counter(r.levelname for r in caplog.records)
+    assert levels == {"DEBUG": 1}, caplog.text
     assert "left before its close" in caplog.text

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from deploy.local.topology import REPO
 from loadtest.bench.generator import Generator, Spec, raise_nofile
-from loadtest.bench.systems import Ours, cpu_seconds, ours_running, port_busy, wait_port
+from loadtest.bench.systems import Ours, ours_running, port_busy, total_cpu_seconds, wait_port
 from loadtest.storm.drill import Config, build_specs, cpu_per_handshake
 from loadtest.storm.report import cpu_words
 
@@ -135,7 +135,7 @@ def climb(args, system: Ours, started: dict[str, tuple], cookies: list[str],
                 pids = {"ws": [process.pid], "clients": generator.pids(), "redis": [redis_pid]}
 
                 def cpu_now(pids=pids) -> dict[str, float]:
-                    return {part: sum(cpu_seconds(pid) for pid in pids[part]) for part in PARTS}
+                    return {part: total_cpu_seconds(pids[part]) for part in PARTS}
 
                 specs = specs_for(port, f"{run}-{round_}-{rung}", args.sockets, args.rooms,
                                   system.headers, cookies, generator.size)

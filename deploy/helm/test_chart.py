@@ -706,9 +706,10 @@ def test_redis_configmap_leaves_only_runtime_placeholders() -> None:
     assert set(PLACEHOLDER.findall(redis)) == {"REDIS_PASSWORD", "ANNOUNCE_IP",
                                                "REPLICAOF_LINE"}
     assert set(PLACEHOLDER.findall(sentinel)) == {"SENTINEL_PASSWORD", "REDIS_PASSWORD",
-                                                  "ANNOUNCE_IP", "MASTER_HOST", "MASTER_PORT"}
+                                                  "ANNOUNCE_IP", "MASTER_HOST", "MASTER_PORT",
+                                                  "DOWN_AFTER_MS"}
     assert "sentinel monitor chanfleet @@MASTER_HOST@@ @@MASTER_PORT@@ 2" in sentinel
-    assert "sentinel down-after-milliseconds chanfleet 5000" in sentinel
+    assert "sentinel down-after-milliseconds chanfleet @@DOWN_AFTER_MS@@" in sentinel
 
 
 REDIS_POD = f"{FULLNAME}-redis-1"
@@ -793,6 +794,32 @@ def test_redis_init_derives_a_stable_sentinel_identity_without_a_volume(tmp_path
     first = myid("a", REDIS_POD)
     assert myid("b", REDIS_POD) == first
     assert myid("c", f"{FULLNAME}-redis-2") != first
+
+
+def test_each_pods_sentinel_calls_a_master_down_later_than_the_pod_before(
+        tmp_path: Path) -> None:
+    """down-after grows by the stagger per pod ordinal, for every watched master (no split vote)."""
+    from deploy.sentinel.render import staggered_down_after_ms
+
+    values = GROUPS | {"redis": GROUPS["redis"] | {"downAfterMilliseconds": 4000,
+                                                   "downAfterStaggerMilliseconds": 300}}
+    timers = []
+    for ordinal in range(3):
+        run = tmp_path / str(ordinal)
+        run.mkdir()
+        result = _run_init(run, sentinel_says=None, pod=f"{FULLNAME}-redis-{ordinal}",
+                           values=values, env=_first_group_env(),
+                           resolvable=f"{NAMESPACE}.svc.cluster.local")
+        assert result.returncode == 0, result.stderr
+        conf = (run / "data" / "sentinel" / "sentinel.conf").read_text()
+        timers.append(re.findall(r"^sentinel down-after-milliseconds (\S+) (\d+)$", conf,
+                                 flags=re.MULTILINE))
+    assert timers == [[(name, str(4000 + 300 * ordinal))
+                       for name in ("chanfleet", "chanfleet-2", "chanfleet-3")]
+                      for ordinal in range(3)]
+    # The chart's default step is the local topology's.
+    default = yaml.safe_load((CHART / "values.yaml").read_text())["redis"]
+    assert staggered_down_after_ms(5000, 2) == 5000 + 2 * default["downAfterStaggerMilliseconds"]
 
 
 def test_redis_init_falls_back_to_pod_0_as_master(tmp_path: Path) -> None:
@@ -1562,8 +1589,9 @@ def test_sentinels_watch_every_group_master() -> None:
         "sentinel monitor chanfleet-3 @@MASTER_HOST_3@@ @@MASTER_PORT_3@@ 2"]
     assert set(PLACEHOLDER.findall(template)) == {
         "SENTINEL_PASSWORD", "REDIS_PASSWORD", "ANNOUNCE_IP", "MASTER_HOST", "MASTER_PORT",
-        "MASTER_HOST_2", "MASTER_PORT_2", "MASTER_HOST_3", "MASTER_PORT_3"}
+        "MASTER_HOST_2", "MASTER_PORT_2", "MASTER_HOST_3", "MASTER_PORT_3", "DOWN_AFTER_MS"}
     filled = {"SENTINEL_PASSWORD": "s3nt", "REDIS_PASSWORD": "r3dis", "ANNOUNCE_IP": "me.svc",
+              "DOWN_AFTER_MS": 5000,
               "MASTER_HOST": "m1.svc", "MASTER_PORT": 6379, "MASTER_HOST_2": "m2.svc",
               "MASTER_PORT_2": 6379, "MASTER_HOST_3": "m3.svc", "MASTER_PORT_3": 6380}
     local = render_sentinel_conf(

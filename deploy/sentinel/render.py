@@ -70,6 +70,20 @@ class LocalTopology:
 
 LOCAL_DEFAULTS = LocalTopology()
 
+# How much longer each further sentinel waits before it calls a master down. With equal timers
+# every sentinel sees a dead master in the same tick and votes for itself; no one has a
+# majority, and the next election waits twice failover-timeout, by when a restarted old master
+# is back and the failover never happens. Staggered, the first to see it asks the others, who
+# have not started an election of their own, and they vote for it.
+DOWN_AFTER_STAGGER_MS = 250
+
+
+def staggered_down_after_ms(down_after_ms: int, index: int) -> int:
+    """The down-after of the sentinel numbered ``index`` (from 0) of a set sharing one base."""
+    if index < 0:
+        raise ValueError(f"a sentinel's index counts from 0, got {index!r}")
+    return int(down_after_ms) + index * DOWN_AFTER_STAGGER_MS
+
 
 def _check_password(name: str, value: str) -> str:
     """Refuse a password that is empty or would break the quoted config token."""
@@ -248,7 +262,7 @@ def write_local_configs(
             master_host=topology.host,
             master_port=topology.master_port,
             bind=topology.host,
-            down_after_ms=topology.down_after_ms,
+            down_after_ms=staggered_down_after_ms(topology.down_after_ms, index - 1),
             failover_timeout_ms=topology.failover_timeout_ms,
             more_masters=tuple((master, topology.host, master_port)
                                for master, master_port, _ in topology.masters[1:]),

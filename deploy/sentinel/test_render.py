@@ -224,3 +224,17 @@ def test_two_shards_get_their_own_nodes_and_the_same_sentinels_watch_both(tmp_pa
     for setting in ("auth-pass", "down-after-milliseconds", "failover-timeout", "parallel-syncs"):
         assert len(re.findall(rf"^sentinel {setting} chanfleet-2 ", sentinel, re.M)) == 1
     assert sentinel.count("\nport ") == 1  # the sentinel's own settings are not repeated
+
+
+def test_each_sentinel_calls_a_master_down_later_than_the_one_before(tmp_path):
+    """Distinct down-after timers, so one sentinel asks for votes first (no three-way split)."""
+    written = r.write_local_configs(tmp_path, topology=r.LocalTopology(shards=2))
+    timers = [re.findall(r"^sentinel down-after-milliseconds (\S+) (\d+)$",
+                         written[f"sentinel-{n}"].read_text(), re.M) for n in (1, 2, 3)]
+    base, step = r.LOCAL_DEFAULTS.down_after_ms, r.DOWN_AFTER_STAGGER_MS
+    assert timers == [[("chanfleet", str(base + i * step)), ("chanfleet-2", str(base + i * step))]
+                      for i in range(3)]
+    # Apart by more than a tick of the sentinel timer (at most a tenth of a second).
+    assert step > 100
+    with pytest.raises(ValueError):
+        r.staggered_down_after_ms(1000, -1)

@@ -35,7 +35,11 @@ import redis
 from deploy.processes import netns
 from deploy.processes.children import Child, poll_until, stop_all
 from deploy.processes.redis_nodes import redis_argv, redis_client, write_conf
-from deploy.sentinel.render import render_redis_conf, render_sentinel_conf
+from deploy.sentinel.render import (
+    render_redis_conf,
+    render_sentinel_conf,
+    staggered_down_after_ms,
+)
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
@@ -143,14 +147,15 @@ class PartitionTopology:
             # Nothing to warm-start from in a drill: no snapshots.
             self.redis[name] = self._child(name, name, redis_argv(path, extra=["--save", ""]),
                                            cwd=self.workdir)
-        for name in SENTINELS:
+        for index, name in enumerate(SENTINELS):
             host = self.hosts[name]
             data = self.workdir / name
             data.mkdir(exist_ok=True)
             conf = render_sentinel_conf(
                 port=SENTINEL_PORT, data_dir=data, password=self.password,
                 sentinel_password=self.sentinel_password, master_host=master[0],
-                master_port=master[1], bind=host.address, down_after_ms=self.down_after_ms,
+                master_port=master[1], bind=host.address,
+                down_after_ms=staggered_down_after_ms(self.down_after_ms, index),
                 failover_timeout_ms=self.failover_timeout_ms)
             path = write_conf(self.workdir / f"{name}.conf", conf)
             self.sentinels[name] = self._child(name, name, redis_argv(path, sentinel=True),

@@ -26,7 +26,11 @@ from deploy.processes.redis_nodes import (
     RedisProcessError,
     redis_client,
 )
-from deploy.sentinel.render import render_redis_conf, render_sentinel_conf
+from deploy.sentinel.render import (
+    render_redis_conf,
+    render_sentinel_conf,
+    staggered_down_after_ms,
+)
 
 T = TypeVar("T")
 
@@ -203,7 +207,7 @@ class SentinelTopology:
         for proc in self._nodes:
             proc.wait_ready(remaining())
         self._wait_replica_online(master, replica, remaining())
-        for sentinel in self._sentinels:
+        for index, sentinel in enumerate(self._sentinels):
             sentinel.launch(
                 render_sentinel_conf(
                     port=sentinel.port,
@@ -213,7 +217,7 @@ class SentinelTopology:
                     master_name=self.master_name,
                     master_host=master.address[0],
                     master_port=master.address[1],
-                    down_after_ms=self.down_after_ms,
+                    down_after_ms=staggered_down_after_ms(self.down_after_ms, index),
                     failover_timeout_ms=self.failover_timeout_ms,
                 )
             )

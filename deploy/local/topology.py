@@ -481,6 +481,23 @@ class Topology:
                 continue
         raise RuntimeError("no sentinel answered")
 
+    def wait_new_master(self, old: tuple[str, int], timeout: float,
+                        shard: int = 0) -> tuple[str, int]:
+        """Wait until the sentinels name another master of a shard; raise with their logs if not."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                master = self.redis_master(shard)
+            except RuntimeError:
+                master = old
+            if master != old:
+                return master
+            time.sleep(0.2)
+        sentinels = [f"sentinel-{i}" for i in range(1, len(self.ports.sentinels) + 1)]
+        # The elections (votes, aborts, TILT) are in the sentinels' logs and nowhere else.
+        raise RuntimeError(f"the sentinels named no new master for {old} within {timeout} s\n"
+                           + self.log_tails(sentinels, lines=25))
+
     def redis_program(self, port: int) -> str:
         """The supervisor program serving a Redis port."""
         programs = {}

@@ -73,18 +73,28 @@ async def test_beat_without_a_slot_beats_everyone_at_once():
     assert [set(p) for p in Beaten.portions] == [set(consumers)]
 
 
-async def test_a_heartbeat_to_a_client_gone_since_the_last_beat_is_no_error(caplog):
-    """uvicorn's send raises for a socket closed meanwhile; its disconnect cleans up, quietly."""
+async def closed_send(message):
+    """What uvicorn's send does once the client has gone."""
     from uvicorn.protocols.utils import ClientDisconnected
 
+    raise ClientDisconnected()
+
+
+def client_left(channel_name: str):
+    """A real consumer whose client has gone: every send, ASGI or direct, raises as uvicorn's."""
     from app.realtime.consumers.base import RealtimeConsumer
 
-    async def closed_send(message):
-        raise ClientDisconnected()  # what uvicorn's send does once the client has gone
-
     consumer = RealtimeConsumer()
-    consumer.channel_name = "test.gone!1"
-    consumer._send = closed_send
+    consumer.channel_name = channel_name
+    consumer._send = consumer.base_send = closed_send
+    return consumer
+
+
+async def test_a_heartbeat_to_a_client_gone_since_the_last_beat_is_no_error(caplog):
+    """uvicorn's send raises for a socket closed meanwhile; its disconnect cleans up, quietly."""
+    from app.realtime.consumers.base import RealtimeConsumer
+
+    consumer = client_left("test.gone!1")
     with caplog.at_level("DEBUG", logger="app.realtime.consumers.base"):
         await RealtimeConsumer.heartbeat_many([consumer])
     assert [r.levelname for r in caplog.records] == ["DEBUG"]
@@ -144,9 +154,7 @@ class LeftFirst(Leaving):
     """A stand-in consumer whose client closed before the drain reached it."""
 
     async def send_frame(self, frame):
-        from uvicorn.protocols.utils import ClientDisconnected
-
-        raise ClientDisconnected()  # what uvicorn's send does once the client has gone
+        await closed_send(frame)
 
 
 async def test_a_client_that_left_before_its_reconnect_frame_is_no_error(settings, caplog):
@@ -166,16 +174,7 @@ async def test_a_client_that_left_before_its_reconnect_frame_is_no_error(setting
 async def test_closing_a_socket_whose_client_left_is_no_error(caplog):
     """The page closes its side on `reconnect`: the drain's 1012 then finds it gone, quietly
     (and so does a heartbeat's close of an idle socket)."""
-    from uvicorn.protocols.utils import ClientDisconnected
-
-    from app.realtime.consumers.base import RealtimeConsumer
-
-    async def closed_send(message):
-        raise ClientDisconnected()  # what uvicorn's send does once the client has gone
-
-    consumer = RealtimeConsumer()
-    consumer.channel_name = "test.gone!2"
-    consumer.base_send = closed_send
+    consumer = client_left("test.gone!2")
     with caplog.at_level("DEBUG", logger="app.realtime.consumers.base"):
         await consumer.close(code=1012, reason="service restart")
     assert consumer.closing

@@ -10,10 +10,16 @@ not made yet); the client then gets the history as of N and `history_end` with N
 events after N reach it by the gap fill, as after a resume (ChatConsumer.send_replay). It never
 runs ahead of the database, so cached frames never skip an event.
 
+Joins that miss together share one read: after a deploy or a crash, a popular room's clients
+all join within the same second, and each would otherwise read the same history. A shared
+read begun before the room's newest recorded event is not taken by a join that knows of that
+event; it reads again.
+
 Not covered by a seq: a user renamed after writing a message. Entries are also dropped after
 HANDSHAKE_FACTS_TTL, which bounds how long an old name can be shown.
 """
 
+import asyncio
 import json
 
 from channels.db import database_sync_to_async
@@ -22,6 +28,7 @@ from redis.exceptions import RedisError
 
 from app.realtime.layer.generations import FactsCache
 from app.realtime.layer.store import get_store
+from app.realtime.ops.background import spawn_keyed
 
 from . import services
 
@@ -38,17 +45,27 @@ class RoomHistory:
 
     def __init__(self):
         self.cache = FactsCache(max_entries=settings.CHAT_HISTORY_CACHE_ROOMS)
+        self.loading: dict[int, asyncio.Task] = {}
 
     async def latest(self, room, position: int | None = None) -> tuple[int, list[str]]:
         """(the seq the history is complete up to, its `message` frames as JSON text).
 
         `position` is the room's recorded position if the caller has read it (None: unknown).
         """
-        store = get_store()
         if position is not None:
             hit, frames = self.cache.get(room.id, position)
             if hit:
                 return position, frames
+        pending = self.loading.get(room.id)
+        if pending is None:
+            pending = spawn_keyed(self.loading, room.id, self._load(room, position))
+        upto, frames = await asyncio.shield(pending)
+        if position is not None and upto < position:
+            upto, frames = await self._load(room, position)
+        return upto, frames
+
+    async def _load(self, room, position: int | None) -> tuple[int, list[str]]:
+        store = get_store()
         upto, frames = await _read(room)
         if position is None or upto > position:
             try:
@@ -59,8 +76,9 @@ class RoomHistory:
         return upto, frames
 
     def clear(self) -> None:
-        """Forget every room (tests)."""
+        """Forget every room and the reads in flight (tests)."""
         self.cache.clear()
+        self.loading.clear()
 
 
 room_history = RoomHistory()

@@ -1,8 +1,13 @@
 """The history a fresh join gets, cached per room while the room's newest seq is unchanged."""
 
-import pytest
+import asyncio
 
+import pytest
+from channels.db import database_sync_to_async
+
+from app.chat import history
 from app.chat.history import room_history
+from app.chat.models import ChatRoom
 from app.chat.test_chat_consumer import join
 from app.chat.test_handshake_facts import database_thread_queries
 from app.realtime.layer.store import get_store
@@ -65,3 +70,59 @@ async def test_a_record_lagging_the_database_is_raised_and_nothing_is_skipped(
     assert end["seq"] == seq
     rooms = [key async for key in store.client.scan_iter(store.key("seq", "*"))]
     assert len(rooms) == 1
+
+
+def history_queries(queries) -> list[str]:
+    """The SQL of history reads among captured queries (they all read chat_roomevent)."""
+    return [q["sql"] for q in queries.captured_queries if "chat_roomevent" in q["sql"]]
+
+
+async def written_room(ws, make_user, name: str, texts) -> tuple:
+    """A room where alice wrote `texts`: (the room, alice's open client)."""
+    author = await join(ws, await make_user("alice"), room=name)
+    for text in texts:
+        await author.send({"type": "message", "message": text})
+        await author.recv_type("message")
+    return await database_sync_to_async(ChatRoom.objects.get)(name=name), author
+
+
+async def test_joins_missing_together_share_one_history_read(ws, make_user):
+    """Twenty joins of a room none has read, all at once: one read, the same frames."""
+    room, _ = await written_room(ws, make_user, "crowded", ("one", "two"))
+    room_history.clear()
+    async with database_thread_queries() as alone:
+        await room_history.latest(room)
+    room_history.clear()
+    async with database_thread_queries() as together:
+        answers = await asyncio.gather(*(room_history.latest(room) for _ in range(20)))
+    assert history_queries(together) == history_queries(alone)
+    assert len({(upto, tuple(frames)) for upto, frames in answers}) == 1
+    assert [frame for frame in answers[0][1] if '"one"' in frame]
+
+
+async def test_a_shared_read_older_than_the_joins_position_is_read_again(
+        ws, make_user, monkeypatch):
+    """A join that knows of a newer event than the read in flight does not take that read."""
+    room, author = await written_room(ws, make_user, "moving", ("one",))
+    room_history.clear()
+    started, release = asyncio.Event(), asyncio.Event()
+    real_read = history._read
+
+    async def held_read(room):
+        answer = await real_read(room)
+        if not started.is_set():  # only the first read waits, holding its old answer
+            started.set()
+            await release.wait()
+        return answer
+
+    monkeypatch.setattr(history, "_read", held_read)
+    first = asyncio.ensure_future(room_history.latest(room))
+    await started.wait()
+    await author.send({"type": "message", "message": "two"})
+    newest = (await author.recv_type("message"))["seq"]
+    second = asyncio.ensure_future(room_history.latest(room, newest))
+    await asyncio.sleep(0.05)  # the second join finds the first's read in flight
+    release.set()
+    (old_upto, old_frames), (upto, frames) = await first, await second
+    assert old_upto == newest - 1 and not [f for f in old_frames if '"two"' in f]
+    assert upto == newest and [f for f in frames if '"two"' in f]

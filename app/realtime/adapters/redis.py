@@ -19,14 +19,27 @@ do when it is installed (`HiredisRespSerializer`); its asyncio connections pack 
 a large part of a handshake's CPU. Relied on: that an asyncio connection sends what its
 `pack_command(*args)` and `pack_commands(commands)` return (lists of bytes to write) and that
 the pool makes its connections from its `connection_class` attribute when it needs one.
+
+A pipeline's replies are read under one timeout for the whole round trip (`execute_bounded`),
+not one each: redis-py sets up an asyncio timeout around every reply it reads, and for a
+handshake's pipelines, whose replies are already in the buffer when read, that was most of
+reading them. Relied on: that a connection's `read_response` reads with no timeout when given
+`timeout=math.inf`, that `Pipeline.execute` uses the connection already in its `connection`
+attribute and hands it back to the pool in `reset()`, and that a read cancelled midway
+disconnects its connection (so no later caller reads a stale reply).
 """
 
 from __future__ import annotations
+
+import asyncio
+import math
+from contextvars import ContextVar
 
 import hiredis
 from redis import asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import DataError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 PACKAGE = "redis"
 SUPPORTED = ">=8.1,<8.2"
@@ -66,18 +79,62 @@ class HiredisPacking:
         return [b"".join(pack(tuple(args)) for args in commands)]
 
 
-_PACKING: dict[type, type] = {}
+# Set while execute_bounded's timeout covers the replies this task reads.
+_BOUNDED: ContextVar[bool] = ContextVar("redis_round_trip_bounded", default=False)
+
+
+class RoundTripReads:
+    """Mixed into a pool's connection class: no timeout per reply inside `execute_bounded`."""
+
+    async def read_response(self, disable_decoding=False, timeout=None, **options):
+        """Read one reply, as redis-py does, with no timeout of its own when one is around it."""
+        if timeout is None and _BOUNDED.get():
+            timeout = math.inf
+        return await super().read_response(disable_decoding, timeout, **options)
+
+
+async def execute_bounded(pipe: aioredis.client.Pipeline, seconds: float | None) -> list:
+    """Run a pipeline (no transaction; errors as replies) with `seconds` for all its replies.
+
+    The wait for a pooled connection comes first and is not counted, as redis-py counts only
+    the socket. A round trip not done in time raises redis-py's TimeoutError, and its
+    connection is dropped.
+    """
+    if not len(pipe):
+        return []
+    if seconds is None:
+        return await pipe.execute(raise_on_error=False)
+    commands = len(pipe)
+    pipe.connection = await pipe.connection_pool.get_connection()
+    bounded = _BOUNDED.set(True)
+    deadline = asyncio.timeout(seconds)
+    try:
+        async with deadline:
+            return await pipe.execute(raise_on_error=False)
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        raise RedisTimeoutError(
+            f"a pipeline of {commands} commands was not answered within {seconds} s") from None
+    finally:
+        _BOUNDED.reset(bounded)
+        if pipe.connection is not None:  # execute never ran to hand it back
+            await pipe.reset()
+
+
+_FAST: dict[type, type] = {}
 
 
 def hiredis_packing(connection_class: type) -> type:
-    """`connection_class` with HiredisPacking mixed in (one subclass per class)."""
+    """`connection_class` with HiredisPacking and RoundTripReads mixed in (one subclass each)."""
     if issubclass(connection_class, HiredisPacking):
         return connection_class
-    packing = _PACKING.get(connection_class)
-    if packing is None:
-        packing = _PACKING[connection_class] = type(
-            f"HiredisPacking{connection_class.__name__}", (HiredisPacking, connection_class), {})
-    return packing
+    fast = _FAST.get(connection_class)
+    if fast is None:
+        fast = _FAST[connection_class] = type(
+            f"HiredisPacking{connection_class.__name__}",
+            (HiredisPacking, RoundTripReads, connection_class), {})
+    return fast
 
 
 def create_pool(host: dict) -> aioredis.ConnectionPool:

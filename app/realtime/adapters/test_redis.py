@@ -4,13 +4,17 @@ import asyncio
 import time
 
 import pytest
+from redis import asyncio as aioredis
+from redis.asyncio import connection as redis_connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.realtime.adapters.redis import (
     BlockingSentinelConnectionPool,
     HiredisPacking,
     create_pool,
+    execute_bounded,
     hiredis_packing,
     pack,
 )
@@ -120,3 +124,80 @@ def test_the_sentinel_pools_connections_pack_with_hiredis_too():
     assert issubclass(pool.connection_class, SentinelManagedConnection)
     assert issubclass(pool.connection_class, HiredisPacking)
     assert hiredis_packing(pool.connection_class) is pool.connection_class
+
+
+def bounded_client(redis_url: str, **host) -> aioredis.Redis:
+    """A client on one of our pools with a short socket timeout."""
+    return aioredis.Redis(connection_pool=create_pool(
+        {"address": redis_url, "socket_timeout": 0.5, **host}))
+
+
+def count_read_timeouts(monkeypatch) -> list:
+    """Record each timeout redis-py's connections set up around a read (the socket timeout's;
+    the pool's wait for a connection has its own)."""
+    made = []
+
+    def counted(delay):
+        if delay == 0.5:
+            made.append(delay)
+        return asyncio.timeout(delay)
+    monkeypatch.setattr(redis_connection, "async_timeout", counted)
+    return made
+
+
+async def test_a_bounded_pipeline_reads_its_replies_with_no_timeout_each(redis_url, monkeypatch):
+    """Fifty replies read with no timeout of their own; the same pipeline unbounded sets up
+    fifty (what the adapter was written against)."""
+    client = bounded_client(redis_url)
+    await client.ping()  # connected: no connect timeout below
+    made = count_read_timeouts(monkeypatch)
+    pipe = client.pipeline(transaction=False)
+    for n in range(50):
+        pipe.set(f"bounded:{n}", n)
+    assert await execute_bounded(pipe, 0.5) == [True] * 50
+    assert made == []
+    for n in range(50):
+        pipe.get(f"bounded:{n}")
+    assert await pipe.execute() == [str(n).encode() for n in range(50)]
+    assert made == [0.5] * 50
+    await client.aclose()
+
+
+async def test_a_paused_redis_fails_the_whole_round_trip_in_time_and_no_reply_is_left(
+        redis_url):
+    """Redis answering nobody for 1.5 s: the pipeline raises redis-py's TimeoutError after its
+    0.5 s, and the next pipeline on the pool reads its own replies, not the late ones."""
+    client = bounded_client(redis_url, max_connections=1)
+    admin = aioredis.Redis.from_url(redis_url)
+    await client.set("late", "old")
+    await admin.execute_command("CLIENT", "PAUSE", 1500, "ALL")
+    pipe = client.pipeline(transaction=False)
+    pipe.get("late")
+    started = time.monotonic()
+    with pytest.raises(RedisTimeoutError, match="1 commands was not answered within 0.5 s"):
+        await execute_bounded(pipe, 0.5)
+    assert 0.45 < time.monotonic() - started < 1.2
+    await asyncio.sleep(1.2)  # the pause is over
+    await client.set("late", "new")
+    pipe = client.pipeline(transaction=False)
+    pipe.get("late")
+    pipe.echo("mine")
+    assert await execute_bounded(pipe, 0.5) == [b"new", b"mine"]
+    await client.aclose()
+    await admin.aclose()
+
+
+async def test_the_wait_for_a_pooled_connection_is_not_counted(redis_url):
+    """The pool's only connection held for twice the bound: the pipeline waits, then runs."""
+    client = bounded_client(redis_url, max_connections=1)
+    await client.ping()
+    pool = client.connection_pool
+    held = await pool.get_connection()
+    pipe = client.pipeline(transaction=False)
+    pipe.echo("after the wait")
+    waiting = asyncio.ensure_future(execute_bounded(pipe, 0.5))
+    await asyncio.sleep(1.0)
+    assert not waiting.done()
+    await pool.release(held)
+    assert await waiting == [b"after the wait"]
+    await client.aclose()

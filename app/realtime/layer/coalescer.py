@@ -6,7 +6,8 @@ one, each command costs redis-py's whole per-call path (a pooled connection, a t
 write, a wake-up, a read); that path was most of a handshake's CPU. A `Coalescer` collects
 the commands callers issue during one turn of the event loop and sends them together on the
 next turn, so the path is paid once per turn rather than once per command. A lone caller
-waits one loop turn, no more.
+waits one loop turn, no more. The client's socket timeout bounds the pipeline's round trip as a
+whole, not each reply (`execute_bounded`, app/realtime/adapters/redis.py).
 
 Under load a turn holds only a few callers, so one pipeline per turn is still a pipeline per
 handshake step. While a pipeline is in flight, later callers wait for its replies and then go
@@ -29,6 +30,7 @@ from collections.abc import Callable
 
 from redis import asyncio as aioredis
 
+from app.realtime.adapters.redis import execute_bounded
 from app.realtime.ops.background import spawn
 
 
@@ -38,6 +40,8 @@ class Coalescer:
     def __init__(self, client: aioredis.Redis, stall: float = 0.05):
         self.client = client
         self.stall = stall
+        # The client's socket timeout bounds each pipeline's whole round trip.
+        self.timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
         self._pending: list[tuple[Callable, asyncio.Future]] = []
         self._in_flight = 0
         self._sent_at = 0.0  # loop time the newest pipeline in flight was sent
@@ -95,7 +99,7 @@ class Coalescer:
                 _fail(future, error)
             spans.append((start, len(pipe), future))
         try:
-            replies = await pipe.execute(raise_on_error=False) if len(pipe) else []
+            replies = await execute_bounded(pipe, self.timeout)
         except BaseException as error:
             for _, _, future in spans:
                 # Each caller raises its own copy: one instance raised in several tasks

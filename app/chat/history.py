@@ -19,7 +19,6 @@ Not covered by a seq: a user renamed after writing a message. Entries are also d
 HANDSHAKE_FACTS_TTL, which bounds how long an old name can be shown.
 """
 
-import asyncio
 import json
 
 from channels.db import database_sync_to_async
@@ -28,7 +27,6 @@ from redis.exceptions import RedisError
 
 from app.realtime.layer.generations import FactsCache
 from app.realtime.layer.store import get_store
-from app.realtime.ops.background import spawn_keyed
 
 from . import services
 
@@ -45,7 +43,6 @@ class RoomHistory:
 
     def __init__(self):
         self.cache = FactsCache(max_entries=settings.CHAT_HISTORY_CACHE_ROOMS)
-        self.loading: dict[int, asyncio.Task] = {}
 
     async def latest(self, room, position: int | None = None) -> tuple[int, list[str]]:
         """(the seq the history is complete up to, its `message` frames as JSON text).
@@ -56,10 +53,7 @@ class RoomHistory:
             hit, frames = self.cache.get(room.id, position)
             if hit:
                 return position, frames
-        pending = self.loading.get(room.id)
-        if pending is None:
-            pending = spawn_keyed(self.loading, room.id, self._load(room, position))
-        upto, frames = await asyncio.shield(pending)
+        upto, frames = await self.cache.shared(room.id, lambda: self._load(room, position))
         if position is not None and upto < position:
             upto, frames = await self._load(room, position)
         return upto, frames
@@ -78,7 +72,6 @@ class RoomHistory:
     def clear(self) -> None:
         """Forget every room and the reads in flight (tests)."""
         self.cache.clear()
-        self.loading.clear()
 
 
 room_history = RoomHistory()

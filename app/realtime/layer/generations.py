@@ -117,9 +117,17 @@ class FactsCache:
         hit, value = self.get(key, token)
         if hit:
             return value
-        pending = self.loading.get((key, token))
+        return await self.shared((key, token), lambda: self._load(key, token, load))
+
+    async def shared(self, name, load):
+        """`await load()`, one load for every caller asking under `name` while it runs.
+
+        Each caller awaits it through `asyncio.shield`: one caller's cancellation stops
+        nobody else's.
+        """
+        pending = self.loading.get(name)
         if pending is None:
-            pending = spawn_keyed(self.loading, (key, token), self._load(key, token, load))
+            pending = spawn_keyed(self.loading, name, load())
         return await asyncio.shield(pending)
 
     async def _load(self, key, token: str, load):
